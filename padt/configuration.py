@@ -1,0 +1,73 @@
+"""PaDTConfig: a Qwen2.5-VL configuration plus the settings of the PaDT modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import Qwen2_5_VLConfig
+
+from padt.vrt_codec import PATCH_ORDERS
+
+
+@strict
+class PaDTConfig(Qwen2_5_VLConfig):
+    r"""Configuration of :class:`~padt.PaDTForConditionalGeneration`.
+
+    Everything of ``Qwen2_5_VLConfig`` (``text_config``, ``vision_config``, special token ids) plus:
+
+    Args:
+        vrt_proj_rank (`int`, *optional*, defaults to 64):
+            Rank of the bias-free low-rank projection in the visual prototypes ``P = n + up(down(n))``.
+        use_visual_prototype_projection (`bool`, *optional*, defaults to `True`):
+            When `False`, the prototypes are the raw merged patch features (the official ablation switch).
+        patch_order (`str`, *optional*, defaults to `"raster"`):
+            How the decoder consumes high-resolution patches: `"raster"` (true positions; for training) or
+            `"official"` (window order placed as raster, to reproduce the released PaDT checkpoints).
+        num_vrt_per_object (`int`, *optional*, defaults to 5):
+            VRTs written per object in training answers.
+        decoder_config (`dict`, *optional*):
+            Settings of :class:`padt.decoders.PaDTDecoderConfig`. Sizes left out are taken from the vision tower
+            (hidden size, heads, MLP width, merge size) and the language model (hidden size).
+
+    Example:
+
+    ```python
+    >>> from padt import PaDTConfig
+    >>> config = PaDTConfig(vrt_proj_rank=64, patch_order="raster")
+    >>> config.decoder_config["hidden_size"] == config.vision_config.hidden_size
+    True
+    ```
+    """
+
+    model_type = "padt_qwen2_5_vl"
+
+    vrt_proj_rank: int = 64
+    use_visual_prototype_projection: bool = True
+    patch_order: str = "raster"
+    num_vrt_per_object: int = 5
+    decoder_config: dict | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.patch_order not in PATCH_ORDERS:
+            raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {self.patch_order!r}")
+        if self.vrt_proj_rank < 1:
+            raise ValueError(f"vrt_proj_rank must be at least 1, got {self.vrt_proj_rank}")
+        if self.num_vrt_per_object < 1:
+            raise ValueError(f"num_vrt_per_object must be at least 1, got {self.num_vrt_per_object}")
+        vision = self.vision_config
+        derived = {
+            "hidden_size": vision.hidden_size,
+            "num_attention_heads": vision.num_heads,
+            "intermediate_size": vision.intermediate_size,
+            "spatial_merge_size": vision.spatial_merge_size,
+            "llm_hidden_size": self.text_config.hidden_size,
+        }
+        self.decoder_config = {**derived, **(self.decoder_config or {})}
+        # The decoder adds raw pre-merger features into its memory, so it must work at the tower's width.
+        if self.decoder_config["hidden_size"] != vision.hidden_size:
+            raise ValueError(
+                f"decoder_config hidden_size ({self.decoder_config['hidden_size']}) must equal the vision tower's "
+                f"hidden_size ({vision.hidden_size})"
+            )

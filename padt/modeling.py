@@ -1,0 +1,308 @@
+"""PaDTForConditionalGeneration: Qwen2.5-VL that can name image patches in its answers.
+
+The model is a subclass of transformers' ``Qwen2_5_VLForConditionalGeneration``; nothing of transformers is
+patched. Three hooks differ from the base model:
+
+* **input embeddings**: ids ``>= V`` (batch-global VRT ids, see :mod:`padt.vrt_codec`) are embedded from the
+  batch's prototypes ``P``; ``<|image_pad|>`` positions get the raw merged patch features as usual;
+* **output logits**: ``[h · W_textᵀ ; h · Pᵀ]``, the VRT part set to −inf outside each sample's own images.
+  Text logits come from the base model's own head (tied or untied); the embedding table is never concatenated
+  with ``P``;
+* **generation**: :meth:`generate` computes the vision context once and hands it to every step of transformers'
+  own ``generate`` (KV cache, greedy or sampling, all generation kwargs), optionally recording the last-layer
+  hidden state of every step for the decoder.
+
+The PaDT decoder (:class:`padt.decoders.PaDTDecoder`) turns VRT states into boxes, scores and masks:
+:meth:`decode_objects`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.vision_utils import get_vision_position_ids
+
+from padt.configuration import PaDTConfig
+from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoderConfig
+from padt.vision_context import VisionContext, VisualPrototypes
+from padt.vrt_codec import VRTCodec, high_res_layout, window_order
+
+
+class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL with visual reference tokens and the PaDT decoder.
+
+    Submodules added to the base model: ``vrt_prototypes`` (:class:`~padt.vision_context.VisualPrototypes`)
+    and ``vrt_decoder`` (:class:`~padt.decoders.PaDTDecoder`).
+    """
+
+    config_class = PaDTConfig
+    config: PaDTConfig
+
+    def __init__(self, config: PaDTConfig) -> None:
+        super().__init__(config)
+        text = config.text_config
+        self.vrt_prototypes = VisualPrototypes(
+            text.hidden_size,
+            config.vrt_proj_rank,
+            eps=text.rms_norm_eps,
+            use_projection=config.use_visual_prototype_projection,
+        )
+        self.vrt_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.decoder_config))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Our modules carry their own explicit initialisation (zero-start prototypes, RMSNorm ones, ...);
+        # everything else is initialised as the base model does.
+        if any(module is m for m in self._padt_modules()):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            return
+        super()._init_weights(module)
+
+    def _padt_modules(self) -> list[nn.Module]:
+        modules = []
+        for name in ("vrt_prototypes", "vrt_decoder"):
+            if name in self._modules:
+                modules.extend(self._modules[name].modules())
+        return modules
+
+    @property
+    def text_vocab_size(self) -> int:
+        """V: rows of the text embedding table; VRT ids start here."""
+        return self.config.text_config.vocab_size
+
+    # ---- vision ------------------------------------------------------------------------------------------
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        image_sample: torch.Tensor | list[int] | None = None,
+        num_samples: int | None = None,
+    ) -> VisionContext:
+        """Run the vision tower once and build the batch's :class:`VisionContext`.
+
+        Args:
+            pixel_values: [ΣN, 3·2·14·14] flattened patches from the processor.
+            image_grid_thw: [I, 3] (t, H, W) ViT grid per image.
+            image_sample: [I] batch row of each image (default: one image per sample, in order).
+            num_samples: batch size B (default: the number of images).
+        """
+        visual = self.model.visual
+        vision_config = self.config.vision_config
+        merge = vision_config.spatial_merge_size
+        unit = merge * merge
+        if image_sample is None:
+            image_sample = list(range(len(image_grid_thw)))
+        if num_samples is None:
+            num_samples = len(image_grid_thw)
+        codec = VRTCodec.from_grid_thw(self.text_vocab_size, image_grid_thw, merge, image_sample, num_samples)
+
+        out = visual(pixel_values.type(visual.dtype), grid_thw=image_grid_thw)
+        image_embeds = out.pooler_output  # [P, D], raster order of the merged grids
+        window_features = out.last_hidden_state  # [ΣN, C], the tower's window order
+        cells = window_order(image_grid_thw, merge, vision_config.window_size, vision_config.patch_size)
+        channels = window_features.shape[-1]
+        merge_block_features = window_features.view(-1, unit, channels)[torch.argsort(cells.to(window_features.device))]
+        merge_block_features = merge_block_features.reshape(-1, channels)
+
+        permutation, token_rc = high_res_layout(
+            image_grid_thw, merge, vision_config.window_size, vision_config.patch_size, self.config.patch_order
+        )
+        device = window_features.device
+        permutation = permutation.to(device)
+        position_ids = get_vision_position_ids(image_grid_thw, merge)
+        cos, sin = visual.rotary_pos_emb(merge_block_features, position_ids.to(device))
+        high_pe = (cos[permutation], sin[permutation])
+        # Low-res tokens take the rotary PE of the first sub-patch of their merge block (as the official
+        # decoder does; in "official" order this is the window-ordered PE, reproducing its pairing).
+        low_pe = tuple(pe.view(-1, unit, pe.shape[-1])[:, 0] for pe in high_pe)
+
+        prototypes = self.vrt_prototypes(image_embeds)
+        memory = DecoderMemory(
+            low_res=prototypes,
+            low_pe=low_pe,
+            high_res=merge_block_features[permutation],
+            high_pe=high_pe,
+            grid_hw=image_grid_thw[:, 1:].to(device),
+            token_rc=token_rc.to(device),
+        )
+        return VisionContext(
+            codec=codec,
+            image_embeds=image_embeds,
+            prototypes=prototypes,
+            vrt_mask=codec.logit_mask(device=device),
+            memory=memory,
+            grid_thw=image_grid_thw,
+        )
+
+    # ---- embeddings and logits ---------------------------------------------------------------------------
+    def embed_input_ids(self, input_ids: torch.Tensor, vision: VisionContext | None) -> torch.Tensor:
+        """[B, T] ids (text ids and batch-global VRT ids) -> [B, T, D] input embeddings."""
+        vocab = self.text_vocab_size
+        is_vrt = input_ids >= vocab
+        embed_tokens = self.get_input_embeddings()
+        embeds = embed_tokens(input_ids.masked_fill(is_vrt, 0))
+        if vision is None:
+            if is_vrt.any():
+                raise ValueError("input_ids contain VRT ids (>= vocab size) but no images were given")
+            return embeds
+        if is_vrt.any():
+            rows = input_ids[is_vrt] - vocab
+            if int(rows.max()) >= vision.prototypes.shape[0]:
+                raise ValueError(
+                    f"VRT id {int(rows.max()) + vocab} is beyond this batch's {vision.prototypes.shape[0]} patches"
+                )
+            embeds = embeds.index_put((is_vrt,), vision.prototypes[rows].to(embeds.dtype))
+        image_positions = input_ids == self.config.image_token_id
+        n_image_tokens = int(image_positions.sum())
+        if n_image_tokens:
+            if n_image_tokens != vision.image_embeds.shape[0]:
+                raise ValueError(
+                    f"the prompt has {n_image_tokens} image tokens but the images give {vision.image_embeds.shape[0]}"
+                )
+            embeds = embeds.index_put((image_positions,), vision.image_embeds.to(embeds.dtype))
+        return embeds
+
+    def vrt_logits(self, hidden: torch.Tensor, vision: VisionContext) -> torch.Tensor:
+        """[B, T, D] hidden states -> [B, T, P] VRT logits, −inf outside each sample's own patches."""
+        logits = hidden @ vision.prototypes.to(hidden.dtype).T
+        mask = vision.vrt_mask
+        if mask.shape[0] != hidden.shape[0]:
+            # generate(num_return_sequences=k) repeats every sample k times in a row.
+            mask = mask.repeat_interleave(hidden.shape[0] // mask.shape[0], dim=0)
+        return logits.masked_fill(~mask[:, None, :], float("-inf"))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        image_sample: torch.LongTensor | None = None,
+        vision: VisionContext | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Forward pass over text and batch-global VRT ids.
+
+        Either pass ``pixel_values`` + ``image_grid_thw`` (+ ``image_sample`` for several images per sample) or a
+        ``vision`` context from :meth:`encode_images`. Returns logits [B, T', V + P] (text then VRTs). With
+        ``labels`` [B, T] (unshifted, −100 ignored) the loss is the plain next-token cross-entropy over those
+        logits; training uses :mod:`padt.losses` instead, which never materialises them for every position.
+        """
+        if vision is None and pixel_values is not None:
+            vision = self.encode_images(pixel_values, image_grid_thw, image_sample, num_samples=input_ids.shape[0])
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids, vision)
+        outputs = self.model(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            image_grid_thw=image_grid_thw if image_grid_thw is not None else (vision.grid_thw if vision else None),
+            mm_token_type_ids=mm_token_type_ids,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if vision is not None and vision.recorded is not None:
+            vision.recorded.append(hidden[:, -1])
+        kept = slice_logits_to_keep(hidden, logits_to_keep)
+        logits = self.lm_head(kept)
+        if vision is not None:
+            logits = torch.cat([logits, self.vrt_logits(kept, vision).to(logits.dtype)], dim=-1)
+        loss = None
+        if labels is not None:
+            shifted = labels[:, 1:].to(logits.device)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def answer_states(
+        self,
+        input_ids: torch.Tensor,
+        vision: VisionContext | None,
+        attention_mask: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, T, D] last-layer hidden states (after the final norm) of a teacher-forced pass, no logits.
+
+        ``input_ids`` hold batch-global VRT ids. The state at position ``t`` is the one that predicts token
+        ``t + 1``: training losses and :meth:`decode_objects` pick states this way.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            inputs_embeds=self.embed_input_ids(input_ids, vision),
+            attention_mask=attention_mask,
+            image_grid_thw=vision.grid_thw if vision is not None else None,
+            mm_token_type_ids=mm_token_type_ids,
+            use_cache=False,
+        )
+        return outputs.last_hidden_state
+
+    # ---- generation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        image_sample: torch.LongTensor | None = None,
+        vision: VisionContext | None = None,
+        **kwargs: Any,
+    ):
+        """transformers' ``generate`` with the vision context computed once, before the prefill.
+
+        Returns what ``GenerationMixin.generate`` returns; generated VRTs carry batch-global ids (convert with
+        ``vision.codec.to_local``). To get the states the decoder needs, pass a ``vision`` context from
+        :meth:`encode_images` after calling ``vision.start_recording()``, then call ``vision.stop_recording()``.
+        Beam search is not supported: its re-ordering of beams would scramble the recorded states.
+        """
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        if (kwargs.get("num_beams") or generation_config.num_beams or 1) > 1:
+            raise NotImplementedError("PaDT generation supports greedy decoding and sampling, not beam search")
+        if vision is None and pixel_values is not None:
+            vision = self.encode_images(pixel_values, image_grid_thw, image_sample, num_samples=input_ids.shape[0])
+        if vision is not None:
+            kwargs["vision"] = vision
+            kwargs.setdefault("image_grid_thw", vision.grid_thw)
+        return super().generate(input_ids=input_ids, **kwargs)
+
+    # ---- decoding objects --------------------------------------------------------------------------------
+    def decode_objects(
+        self,
+        vision: VisionContext,
+        vrt_states: torch.Tensor,
+        vrt_counts: torch.Tensor,
+        object_image: torch.Tensor,
+    ) -> DecoderOutput:
+        """Boxes, scores and masks of K objects, all in one decoder call.
+
+        Args:
+            vision: the batch's context from :meth:`encode_images`.
+            vrt_states: [ΣQ, D] the last-layer states that predicted each object's VRTs, object after object.
+            vrt_counts: [K] VRTs per object.
+            object_image: [K] image index (into the batch's images) of each object.
+
+        Returns the decoder's output: boxes [K, 4] as (cx, cy, w, h) normalised to the image, score logits
+        [K], mask logits [K, H·s, W·s] on the ViT patch grid (s sub-pixels per patch) with valid sizes.
+        """
+        return self.vrt_decoder(vrt_states, vrt_counts, object_image, vision.memory)
