@@ -1,0 +1,357 @@
+"""PaDTProcessor: images + prompts (+ answers with visual reference tokens) -> model inputs, and ids -> text.
+
+An image-only Qwen2.5-VL processor (the Qwen video processor needs torchvision, which this project never installs)
+with the VRT id convention of :mod:`padt.vrt_codec`: text ids are ``< V`` (``vrt_id_start``, the model's number of
+text-embedding rows, not ``len(tokenizer)``) and the **local** VRT id of patch ``k`` of a sample is ``V + k``.
+VRTs are never added to the tokenizer: :meth:`PaDTProcessor.encode_text` maps ``<|VRT_k|>`` to ``V + k`` and
+:meth:`PaDTProcessor.decode` maps it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from padt.imaging import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    ImageGeometry,
+    ImageInput,
+    image_geometry,
+    load_image,
+    upscale_tiny,
+)
+from padt.parser import ParsedAnswer, parse_answer
+from padt.prompts import VRT_PATTERN, vrt_token
+from padt.tokenizers import QWEN2_5_VL_CHAT_TEMPLATE
+
+
+class PaDTBatch(BatchFeature):
+    """A :class:`~transformers.BatchFeature` that also carries ``geometries`` outside the tensor dict.
+
+    ``geometries`` is a list with one :class:`padt.imaging.ImageGeometry` per image, in the order of
+    ``image_grid_thw`` (sample order, then image order inside a sample). It is an attribute rather than a key so
+    that ``batch.to(device)`` and tensor conversion never touch it; ``.to()`` returns the same object, so it stays.
+    """
+
+    def __init__(self, data: dict[str, Any] | None = None, geometries: list[ImageGeometry] | None = None):
+        super().__init__(data)
+        self.geometries = list(geometries or [])
+
+    def __getstate__(self) -> dict[str, Any]:  # BatchFeature pickles only `data`; keep the geometries too
+        return {"data": self.data, "geometries": self.geometries}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.data = state.get("data", {})
+        self.geometries = state.get("geometries", [])
+
+
+class PaDTProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor for PaDT: images only, VRT-aware text, answers for teacher forcing.
+
+    Build one with :meth:`from_tokenizer`, or load a saved one with ``PaDTProcessor.from_pretrained(folder)``
+    (``vrt_id_start`` and the pixel budget are saved in ``processor_config.json``).
+
+    Args:
+        image_processor: a ``Qwen2VLImageProcessorPil`` (holds ``min_pixels``/``max_pixels``, ``patch_size``,
+            ``merge_size``).
+        tokenizer: a Qwen2 tokenizer (see :mod:`padt.tokenizers`).
+        chat_template: defaults to the Qwen2.5-VL chat template.
+        vrt_id_start: V, the first VRT id = the model's number of text-embedding rows. Must be ``>= len(tokenizer)``.
+    """
+
+    def __init__(
+        self,
+        image_processor: Qwen2VLImageProcessorPil | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        chat_template: str | None = None,
+        vrt_id_start: int | None = None,  # positional-or-keyword: from_pretrained passes only those back
+    ) -> None:
+        if tokenizer is None:
+            raise ValueError("PaDTProcessor needs a tokenizer (see padt.tokenizers)")
+        # Qwen2_5_VLProcessor.__init__ insists on a video processor; set what it would set, then skip it.
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        if vrt_id_start is not None and int(vrt_id_start) < len(tokenizer):
+            raise ValueError(
+                f"vrt_id_start ({vrt_id_start}) must be >= len(tokenizer) ({len(tokenizer)}): VRT ids would collide "
+                "with text ids"
+            )
+        self.vrt_id_start = None if vrt_id_start is None else int(vrt_id_start)
+        ProcessorMixin.__init__(
+            self, image_processor, tokenizer, chat_template=chat_template or QWEN2_5_VL_CHAT_TEMPLATE
+        )
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        vrt_id_start: int | None,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        patch_size: int = 14,
+        merge_size: int = 2,
+    ) -> PaDTProcessor:
+        """A processor over ``tokenizer`` with the given pixel budget (defaults: the official PaDT budget)."""
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+        image_processor = Qwen2VLImageProcessorPil(
+            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=merge_size
+        )
+        return cls(image_processor, tokenizer, vrt_id_start=vrt_id_start)
+
+    # ---- settings --------------------------------------------------------------------------------------------
+    @property
+    def min_pixels(self) -> int:
+        return int(self.image_processor.size["shortest_edge"])
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.image_processor.size["longest_edge"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.image_processor.patch_size)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.image_processor.merge_size)
+
+    @property
+    def eos_token_id(self) -> int:
+        """``<|im_end|>``, which ends every assistant turn (the answer's last supervised token)."""
+        return int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Ids that end a generated answer: ``<|im_end|>`` and ``<|endoftext|>`` (Qwen2.5-VL's generation config)."""
+        return tuple(sorted({self.eos_token_id, int(self.tokenizer.convert_tokens_to_ids("<|endoftext|>"))}))
+
+    def _vrt_start(self) -> int:
+        if self.vrt_id_start is None:
+            raise ValueError("vrt_id_start is not set: set processor.vrt_id_start = model.config vocab size (V)")
+        return self.vrt_id_start
+
+    # ---- images ----------------------------------------------------------------------------------------------
+    def load(self, image: ImageInput) -> Image.Image:
+        """:func:`padt.imaging.load_image`: RGB PIL image, EXIF orientation applied."""
+        return load_image(image)
+
+    def geometry(self, image: Image.Image | ImageInput) -> ImageGeometry:
+        """Where ``image`` (a loaded PIL image, or anything :meth:`load` takes) lands on this processor's grids."""
+        pil = image if isinstance(image, Image.Image) else self.load(image)
+        return image_geometry(
+            pil.height,
+            pil.width,
+            patch_size=self.patch_size,
+            merge_size=self.merge_size,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+        )
+
+    def _load_for_model(self, image: ImageInput) -> tuple[Image.Image, ImageGeometry]:
+        pil = self.load(image)
+        geometry = self.geometry(pil)  # also rejects aspect ratios beyond Qwen's 200:1, naming them
+        cell = self.patch_size * self.merge_size
+        size = upscale_tiny(pil.height, pil.width, cell)
+        if size != (pil.height, pil.width):
+            # Upscale before the image processor so its smart_resize starts from the size geometry() assumed.
+            pil = pil.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+        return pil, geometry
+
+    # ---- text ------------------------------------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text``; each ``<|VRT_k|>`` becomes the local id ``vrt_id_start + k``."""
+        ids: list[int] = []
+        cursor = 0
+        for match in VRT_PATTERN.finditer(text):
+            if match.start() > cursor:
+                ids += self.tokenizer.encode(text[cursor : match.start()], add_special_tokens=False)
+            ids.append(self._vrt_start() + int(match.group(1)))
+            cursor = match.end()
+        if cursor < len(text):
+            ids += self.tokenizer.encode(text[cursor:], add_special_tokens=False)
+        return ids
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True, **kwargs: Any) -> str:
+        """Text of local ids ``ids`` (1-D); ids ``>= vrt_id_start`` are written ``<|VRT_k|>``.
+
+        Contiguous runs of text ids are decoded together so multi-byte characters split over tokens survive.
+        """
+        values = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
+        start = self._vrt_start()
+        pieces: list[str] = []
+        run: list[int] = []
+        for token in values:
+            if token >= start:
+                if run:
+                    pieces.append(self.tokenizer.decode(run, skip_special_tokens=skip_special_tokens, **kwargs))
+                    run = []
+                pieces.append(vrt_token(token - start))
+            else:
+                run.append(token)
+        if run:
+            pieces.append(self.tokenizer.decode(run, skip_special_tokens=skip_special_tokens, **kwargs))
+        return "".join(pieces)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+        """:meth:`decode` of each row of ``sequences`` ([B, T] tensor or list of id lists)."""
+        return [self.decode(row, skip_special_tokens=skip_special_tokens, **kwargs) for row in sequences]
+
+    def parse(self, completion_ids: Sequence[int] | torch.Tensor, *, require_labels: bool = True) -> ParsedAnswer:
+        """:func:`padt.parser.parse_answer` with this tokenizer, ``vrt_id_start`` and the Qwen end tokens."""
+        return parse_answer(
+            completion_ids,
+            vrt_id_start=self._vrt_start(),
+            decode_text=lambda run: self.tokenizer.decode(run, skip_special_tokens=True),
+            eos_ids=self.eos_ids,
+            require_labels=require_labels,
+        )
+
+    def build_prompt(self, prompt: str, num_images: int = 1, add_generation_prompt: bool = True) -> str:
+        """Chat-template text of one user turn: ``num_images`` image placeholders, then ``prompt``."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the prompt is empty or not a string: {prompt!r}")
+        content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": prompt}]
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}],
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    # ---- batches ---------------------------------------------------------------------------------------------
+    def __call__(self, images=None, prompts=None, answers=None, *, text=None, **kwargs: Any):
+        """:meth:`prepare`; with ``text=`` it is the plain Hugging Face processor call (chat templates, pipelines)."""
+        if text is not None:
+            return super().__call__(images=images, text=text, **kwargs)
+        return self.prepare(images, prompts, answers, **kwargs)
+
+    def prepare(
+        self,
+        images: ImageInput | Sequence[ImageInput | Sequence[ImageInput] | None],
+        prompts: str | Sequence[str],
+        answers: str | Sequence[str] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        padding_side: str | None = None,
+    ) -> PaDTBatch:
+        """Tokenise a batch of (image(s), prompt[, answer]) samples.
+
+        Args:
+            images: with a single prompt string, one image or a list of images for that sample; with a list of
+                prompts, one entry per sample: an image, a list of images (multi-image sample), or ``None``/``[]``.
+                An image is a path, a PIL image or a numpy array. Images come before the text in the user turn.
+            prompts: the user text of each sample (non-empty).
+            answers: optional assistant text per sample with ``<|VRT_k|>`` tokens (k local to the sample); the
+                answer is followed by ``<|im_end|>``.
+            add_generation_prompt: append ``<|im_start|>assistant\\n`` (required when answers are given).
+            padding_side: ``"left"`` or ``"right"``. Default: left without answers (generation appends every
+                row's next token in the same last column), right with answers (teacher forcing: every row starts
+                at column 0 with no gap, so real tokens never attend to or sit behind padding whatever the
+                attention backend, and logits/targets of a row line up with a plain one-step shift).
+
+        Returns:
+            :class:`PaDTBatch` with ``input_ids`` [B, T] (local VRT ids inside answers), ``attention_mask`` [B, T],
+            ``mm_token_type_ids`` [B, T] (1 on ``<|image_pad|>``, else 0), ``pixel_values`` [ΣN, 3·2·14·14] and
+            ``image_grid_thw`` [I, 3] (absent when no sample has an image), ``image_sample`` [I] (batch row of each
+            image), ``answer_mask`` bool [B, T] (answers only: the answer tokens and their ``<|im_end|>``), and the
+            attribute ``geometries`` (one ImageGeometry per image).
+        """
+        single = isinstance(prompts, str)
+        prompt_list = [prompts] if single else list(prompts)
+        if not prompt_list:
+            raise ValueError("prompts is empty")
+        if single:
+            per_sample = [list(images) if isinstance(images, (list, tuple)) else [images]]
+        else:
+            if not isinstance(images, (list, tuple)) or len(images) != len(prompt_list):
+                raise ValueError(f"images must be a list with one entry per prompt ({len(prompt_list)} prompts)")
+            per_sample = [
+                [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item] for item in images
+            ]
+        answer_list: list[str] | None = None
+        if answers is not None:
+            answer_list = [answers] if isinstance(answers, str) else list(answers)
+            if len(answer_list) != len(prompt_list) or not all(isinstance(a, str) for a in answer_list):
+                raise ValueError(f"answers must be one string per prompt ({len(prompt_list)} prompts)")
+            if not add_generation_prompt:
+                raise ValueError("answers follow the generation prompt; add_generation_prompt must be True")
+        side = padding_side or ("right" if answer_list is not None else "left")
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+
+        texts, flat, geometries, owners = [], [], [], []
+        for b, (prompt, sample_images) in enumerate(zip(prompt_list, per_sample)):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"prompt {b} is empty or not a string: {prompt!r}")
+            texts.append(self.build_prompt(prompt, len(sample_images), add_generation_prompt))
+            for image in sample_images:
+                pil, geometry = self._load_for_model(image)
+                flat.append(pil)
+                geometries.append(geometry)
+                owners.append(b)
+        encoded = ProcessorMixin.__call__(self, images=flat or None, text=texts, padding=False, return_tensors=None)
+        grid = torch.as_tensor(encoded["image_grid_thw"], dtype=torch.long) if flat else None
+        for index, geometry in enumerate(geometries):
+            expected = [1, *geometry.patch_grid_hw]
+            if grid is not None and grid[index].tolist() != expected:  # invariant: geometry() mirrors the processor
+                raise RuntimeError(f"image {index}: processor grid {grid[index].tolist()} != geometry {expected}")
+
+        rows, answer_flags = [], []
+        for b, prompt_ids in enumerate(encoded["input_ids"]):
+            ids = list(prompt_ids)
+            flags = [False] * len(ids)
+            if answer_list is not None:
+                answer_ids = self.encode_text(answer_list[b]) + [self.eos_token_id]
+                patches = sum(g.num_vrts for g, owner in zip(geometries, owners) if owner == b)
+                bad = [i - self._vrt_start() for i in answer_ids if i >= self._vrt_start() + patches]
+                if bad:
+                    raise ValueError(
+                        f"answer {b} names <|VRT_{bad[0]}|> but its image(s) have only {patches} patches "
+                        f"(valid VRT indices 0..{patches - 1})"
+                    )
+                ids += answer_ids
+                flags += [True] * len(answer_ids)
+            rows.append(ids)
+            answer_flags.append(flags)
+
+        length = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        input_ids = torch.full((len(rows), length), int(pad_id), dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        answer_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for b, (ids, flags) in enumerate(zip(rows, answer_flags)):
+            cols = slice(length - len(ids), length) if side == "left" else slice(0, len(ids))
+            input_ids[b, cols] = torch.tensor(ids, dtype=torch.long)
+            attention[b, cols] = 1
+            answer_mask[b, cols] = torch.tensor(flags, dtype=torch.bool)
+        data: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            # image tokens only: VRT ids (>= V) are text for M-RoPE, and padding is never an image token
+            "mm_token_type_ids": ((input_ids == self.image_token_id) & (attention == 1)).long(),
+        }
+        if flat:
+            data["pixel_values"] = torch.as_tensor(encoded["pixel_values"], dtype=torch.float32)
+            data["image_grid_thw"] = grid
+        data["image_sample"] = torch.tensor(owners, dtype=torch.long)
+        if answer_list is not None:
+            data["answer_mask"] = answer_mask
+        return PaDTBatch(data, geometries)
+
+
+__all__ = ["PaDTBatch", "PaDTProcessor"]

@@ -1,0 +1,105 @@
+"""A tiny random PaDT for tests, examples and the demo: builds in about a second, runs on any CPU.
+
+The tiny model is a real :class:`~padt.PaDTForConditionalGeneration` (all code paths of the full-size model)
+with a small configuration and a small byte-level BPE tokenizer trained offline with the Qwen special tokens
+and chat template (:func:`padt.tokenizers.build_tiny_tokenizer`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from padt.configuration import PaDTConfig
+from padt.modeling import PaDTForConditionalGeneration
+from padt.pipeline import PaDTPipeline
+from padt.processing import PaDTProcessor
+from padt.tokenizers import build_tiny_tokenizer
+
+#: Pixel budget of the tiny model: 224x224 images give a 8x8 merged grid (64 VRTs).
+TINY_MIN_PIXELS = 56 * 56
+TINY_MAX_PIXELS = 224 * 224
+
+
+def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
+    """The tiny configuration: text 2x128 (4 heads), vision 2x64 (2 heads of 32), decoder 1+1 blocks.
+
+    ``overrides`` replace top-level fields (``vrt_proj_rank=4``, ``patch_order="official"``, ...);
+    ``text_config``/``vision_config``/``decoder_config`` dicts are merged into the defaults.
+    """
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIALS.items()}
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        bos_token_id=ids["pad"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+    )
+    vision = dict(
+        depth=2,
+        hidden_size=64,
+        num_heads=2,
+        intermediate_size=128,
+        out_hidden_size=128,
+        fullatt_block_indexes=[1],
+        window_size=112,
+        patch_size=14,
+        spatial_merge_size=2,
+    )
+    decoder = dict(num_low_res_blocks=1, num_high_res_blocks=1, intermediate_size=128)
+    text.update(overrides.pop("text_config", {}))
+    vision.update(overrides.pop("vision_config", {}))
+    decoder.update(overrides.pop("decoder_config", {}))
+    settings = dict(vrt_proj_rank=16, tie_word_embeddings=True)
+    settings.update(overrides)
+    return PaDTConfig(
+        text_config=text,
+        vision_config=vision,
+        decoder_config=decoder,
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+        **settings,
+    )
+
+
+_SPECIALS = {
+    "pad": "<|endoftext|>",
+    "eos": "<|im_end|>",
+    "image": "<|image_pad|>",
+    "video": "<|video_pad|>",
+    "vision_start": "<|vision_start|>",
+    "vision_end": "<|vision_end|>",
+}
+
+
+def tiny_pipeline(
+    seed: int = 0,
+    *,
+    min_pixels: int = TINY_MIN_PIXELS,
+    max_pixels: int = TINY_MAX_PIXELS,
+    max_new_tokens: int = 48,
+    **overrides: Any,
+) -> PaDTPipeline:
+    """A random tiny PaDT pipeline (model in eval mode, float32, CPU), deterministic for a ``seed``."""
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_config(tokenizer, **overrides)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = PaDTForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [config.text_config.eos_token_id]
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.eval()
+    processor = PaDTProcessor.from_tokenizer(
+        tokenizer, vrt_id_start=config.text_config.vocab_size, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return PaDTPipeline(model, processor, max_new_tokens=max_new_tokens)
