@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import Qwen2_5_VLConfig
+from transformers import AutoConfig, Qwen2_5_VLConfig
 
 from padt.vrt_codec import PATCH_ORDERS
 
@@ -71,3 +71,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
                 f"decoder_config hidden_size ({self.decoder_config['hidden_size']}) must equal the vision tower's "
                 f"hidden_size ({vision.hidden_size})"
             )
+
+
+# transformers' public registration API: lets AutoConfig (and AutoTokenizer, which reads config.json) know the
+# PaDT model type. It adds an entry to transformers' registry; it replaces nothing.
+AutoConfig.register(PaDTConfig.model_type, PaDTConfig, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.vision_utils import get_vision_position_ids
@@ -57,20 +57,17 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Our modules carry their own explicit initialisation (zero-start prototypes, RMSNorm ones, ...);
-        # everything else is initialised as the base model does.
-        if any(module is m for m in self._padt_modules()):
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        # Our two modules carry their own explicit initialisation (zero-start prototypes, RMSNorm ones, normal
+        # 0.02 linears) that never depends on which keys a checkpoint lacks. transformers initialises children
+        # before parents, so the modules' own reset_parameters (run on the parent) has the last word; their
+        # children are left alone here (a stock nn.LayerNorm reset would set the prototype norm back to ones).
+        if module is self._modules.get("vrt_prototypes") or module is self._modules.get("vrt_decoder"):
+            module.reset_parameters()
+            return
+        if any(module is m for name in ("vrt_prototypes", "vrt_decoder") if name in self._modules
+               for m in self._modules[name].modules()):
             return
         super()._init_weights(module)
-
-    def _padt_modules(self) -> list[nn.Module]:
-        modules = []
-        for name in ("vrt_prototypes", "vrt_decoder"):
-            if name in self._modules:
-                modules.extend(self._modules[name].modules())
-        return modules
 
     @property
     def text_vocab_size(self) -> int:
@@ -162,11 +159,16 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         image_positions = input_ids == self.config.image_token_id
         n_image_tokens = int(image_positions.sum())
         if n_image_tokens:
-            if n_image_tokens != vision.image_embeds.shape[0]:
+            image_embeds = vision.image_embeds
+            copies = input_ids.shape[0] // vision.codec.num_samples
+            if copies > 1 and input_ids.shape[0] == copies * vision.codec.num_samples:
+                # generate(num_return_sequences=k) repeats every sample k times in a row: so do its images' rows.
+                image_embeds = image_embeds[_repeat_sample_rows(vision.codec.sample_spans(), copies)]
+            if n_image_tokens != image_embeds.shape[0]:
                 raise ValueError(
-                    f"the prompt has {n_image_tokens} image tokens but the images give {vision.image_embeds.shape[0]}"
+                    f"the prompt has {n_image_tokens} image tokens but the images give {image_embeds.shape[0]}"
                 )
-            embeds = embeds.index_put((image_positions,), vision.image_embeds.to(embeds.dtype))
+            embeds = embeds.index_put((image_positions,), image_embeds.to(embeds.dtype))
         return embeds
 
     def vrt_logits(self, hidden: torch.Tensor, vision: VisionContext) -> torch.Tensor:
@@ -286,6 +288,24 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             kwargs.setdefault("image_grid_thw", vision.grid_thw)
         return super().generate(input_ids=input_ids, **kwargs)
 
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs: Any
+    ):
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        vision = model_kwargs.get("vision")
+        if expand_size > 1 and vision is not None:
+            # transformers repeats image_grid_thw image by image; each copy of a sample must list all its images.
+            spans, start = [], 0
+            for b in range(vision.codec.num_samples):  # images are ordered by sample
+                count = vision.codec.image_sample.count(b)
+                spans.append((start, start + count))
+                start += count
+            index = _repeat_sample_rows(spans, expand_size)
+            model_kwargs["image_grid_thw"] = vision.grid_thw[index.to(vision.grid_thw.device)]
+        return input_ids, model_kwargs
+
     # ---- decoding objects --------------------------------------------------------------------------------
     def decode_objects(
         self,
@@ -306,3 +326,12 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         [K], mask logits [K, H·s, W·s] on the ViT patch grid (s sub-pixels per patch) with valid sizes.
         """
         return self.vrt_decoder(vrt_states, vrt_counts, object_image, vision.memory)
+
+
+def _repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:
+    """Row index repeating each sample's rows ``[start, end)`` ``copies`` times in a row, sample after sample."""
+    rows = [torch.arange(start, end) for start, end in spans for _ in range(copies)]
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+
+
+AutoModelForImageTextToText.register(PaDTConfig, PaDTForConditionalGeneration, exist_ok=True)

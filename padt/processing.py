@@ -355,3 +355,15 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
 
 
 __all__ = ["PaDTBatch", "PaDTProcessor"]
+
+
+def _register() -> None:
+    # transformers' public registration API, so AutoProcessor.from_pretrained finds PaDTProcessor for PaDT folders.
+    from transformers import AutoProcessor
+
+    from padt.configuration import PaDTConfig
+
+    AutoProcessor.register(PaDTConfig, PaDTProcessor, exist_ok=True)
+
+
+_register()

@@ -1,0 +1,420 @@
+"""The PaDT grounding record: one image, one prompt, one answer template and the objects it points at.
+
+Conventions used throughout ``padt.datasets``:
+
+* ``bbox`` is normalised ``[x1 / W, y1 / H, x2 / W, y2 / H]`` of the *original* image (W, H its width and height).
+  The processor stretches the image without padding, so the same numbers describe the box on the resized image.
+* ``patches`` are raster indices ``k = row * W' + col`` on the *merged* grid ``(H', W')`` that
+  :func:`padt.imaging.image_geometry` gives for the original size and the record's :class:`GridSpec`; one index is
+  one visual reference token (VRT) candidate.
+* ``rle`` is COCO run-length encoding of the object's original-resolution mask with ``counts`` as ``str``.
+* ``answer_template`` names object ``N`` with the placeholder ``<|Obj_N|>``; training replaces each placeholder by
+  VRTs sampled from ``objects[N].patches``.
+
+Two JSONL layouts are read: ours (``prompt``, ``image_hw``, ``grid``, ``image_id``) and the official published one
+(``conversations``, task ``"refering"``, no size or grid). :func:`write_jsonl` writes ours, or the official one
+with ``official=True``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from padt.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageGeometry, image_geometry
+
+PathLike = str | os.PathLike
+
+TASKS = ("ovd", "rec", "ric")
+#: Task names the official data uses, mapped to ours ("refering" is their spelling).
+TASK_ALIASES = {"refering": "rec", "referring": "rec"}
+#: The placeholder an answer template uses for object N.
+PLACEHOLDER = re.compile(r"<\|Obj_(\d+)\|>")
+
+
+def placeholder(index: int) -> str:
+    """The answer-template placeholder of object ``index``: ``<|Obj_{index}|>``."""
+    return f"<|Obj_{index}|>"
+
+
+class RecordError(ValueError):
+    """A record field is missing or malformed; ``field`` is its dotted path (``objects[2].bbox``)."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"field '{field_path}': {message}")
+        self.field = field_path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The processor settings the record's ``patches`` were computed for.
+
+    A consumer must check these equal its own processor's settings: with other ``min_pixels``/``max_pixels`` an
+    image can land on a different merged grid and every patch index would point at the wrong cell.
+    """
+
+    patch_size: int = 14
+    merge_size: int = 2
+    min_pixels: int = DEFAULT_MIN_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        """Where an ``height`` x ``width`` image lands under these settings (see :func:`image_geometry`)."""
+        return image_geometry(
+            height,
+            width,
+            patch_size=self.patch_size,
+            merge_size=self.merge_size,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "patch_size": self.patch_size,
+            "merge_size": self.merge_size,
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "grid") -> GridSpec:
+        if not isinstance(data, Mapping):
+            raise RecordError(where, f"expected an object, got {type(data).__name__}")
+        values = {name: _positive_int(data, name, f"{where}.{name}") for name in cls().to_dict()}
+        return cls(**values)
+
+
+@dataclass
+class GroundingObject:
+    """One object an answer points at.
+
+    Attributes:
+        patches: sorted, unique raster indices ``row * W' + col`` on the merged grid.
+        bbox: normalised ``[x1/W, y1/H, x2/W, y2/H]`` of the original image, ``0 <= x1 <= x2 <= 1``.
+        label: the category (OVD), the referring sentence (REC) or ``""`` (RIC).
+        rle: COCO RLE ``{"size": [H, W], "counts": str}`` of the original-resolution mask; ``None`` when the
+            annotation had no segmentation (its patches then come from the box, and no mask loss applies).
+        iscrowd: COCO's crowd flag (0 or 1).
+        area: the annotation's area in original pixels.
+    """
+
+    patches: list[int]
+    bbox: list[float]
+    label: str = ""
+    rle: dict[str, Any] | None = None
+    iscrowd: int = 0
+    area: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "patches": list(self.patches),
+            "bbox": list(self.bbox),
+            "label": self.label,
+            "rle": None if self.rle is None else dict(self.rle),
+            "iscrowd": self.iscrowd,
+            "area": self.area,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str, *, official: bool = False) -> GroundingObject:
+        """Parse and check one object; the official format may omit ``label``/``rle`` and overshoot [0, 1]."""
+        if not isinstance(data, Mapping):
+            raise RecordError(where, f"expected an object, got {type(data).__name__}")
+        patches = _require(data, "patches", list, where)
+        for i, value in enumerate(patches):
+            if not _is_int(value) or value < 0:
+                raise RecordError(f"{where}.patches[{i}]", f"expected a non-negative integer, got {value!r}")
+        if not patches:
+            raise RecordError(f"{where}.patches", "an object must select at least one patch")
+        if any(a >= b for a, b in itertools.pairwise(patches)):
+            raise RecordError(f"{where}.patches", "indices must be sorted and unique")
+        bbox = _parse_bbox(_require(data, "bbox", list, where), f"{where}.bbox", clip=official)
+        label = data.get("label", "") if official else _require(data, "label", str, where)
+        if not isinstance(label, str):
+            raise RecordError(f"{where}.label", f"expected a string, got {type(label).__name__}")
+        rle = data.get("rle") if official else _require(data, "rle", (dict, type(None)), where)
+        if rle is not None:
+            _check_rle(rle, f"{where}.rle")
+        iscrowd = _require(data, "iscrowd", int, where) if not official else data.get("iscrowd", 0)
+        if not _is_int(iscrowd) or iscrowd not in (0, 1):
+            raise RecordError(f"{where}.iscrowd", f"expected 0 or 1, got {iscrowd!r}")
+        area = _require(data, "area", (int, float), where) if not official else data.get("area", 0.0)
+        if not _is_number(area) or area < 0:
+            raise RecordError(f"{where}.area", f"expected a non-negative number, got {area!r}")
+        return cls(list(patches), bbox, label, None if rle is None else dict(rle), int(iscrowd), float(area))
+
+
+@dataclass
+class GroundingRecord:
+    """One training/evaluation sample: an image, a prompt and an answer whose placeholders name ``objects``.
+
+    Attributes:
+        id: unique within its file (``"139"`` OVD, ``"refcoco-5-12"`` REC, ``"ric-139-0"`` RIC); the official
+            data reuses image ids.
+        image: path of the image relative to an images root (COCO ``file_name``).
+        task: ``"ovd"``, ``"rec"`` or ``"ric"``.
+        prompt: the user's text; the image goes before it in the chat.
+        answer_template: the answer with ``<|Obj_N|>`` for object ``N``.
+        objects: what the placeholders point at.
+        image_hw: original (height, width); ``None`` only for official records read without an images root.
+        grid: processor settings the patches were computed for.
+        image_id: COCO image id when known; the leakage guard compares these across datasets.
+    """
+
+    id: str
+    image: str
+    task: str
+    prompt: str
+    answer_template: str
+    objects: list[GroundingObject]
+    image_hw: tuple[int, int] | None
+    grid: GridSpec = field(default_factory=GridSpec)
+    image_id: int | None = None
+
+    def referenced_objects(self) -> list[int]:
+        """Object indices in the order their placeholders appear in ``answer_template``."""
+        return [int(match) for match in PLACEHOLDER.findall(self.answer_template)]
+
+    def geometry(self) -> ImageGeometry | None:
+        """The image's grid under ``grid``, or ``None`` when the size is unknown."""
+        return None if self.image_hw is None else self.grid.geometry(*self.image_hw)
+
+    def validate(self) -> None:
+        """Check the cross-field rules; raise :class:`RecordError` naming the field.
+
+        Every placeholder must name an existing object, every object must be referenced, and with a known size
+        every patch index must lie on the merged grid.
+        """
+        if self.task not in TASKS:
+            raise RecordError("task", f"expected one of {TASKS}, got {self.task!r}")
+        referenced = set()
+        for index in self.referenced_objects():
+            if index >= len(self.objects):
+                raise RecordError(
+                    "answer_template", f"placeholder <|Obj_{index}|> but only {len(self.objects)} objects"
+                )
+            referenced.add(index)
+        for index in range(len(self.objects)):
+            if index not in referenced:
+                raise RecordError(f"objects[{index}]", "never referenced by a placeholder in answer_template")
+        geometry = self.geometry()
+        if geometry is not None:
+            for index, obj in enumerate(self.objects):
+                if obj.rle is not None and list(obj.rle["size"]) != list(self.image_hw or ()):
+                    raise RecordError(
+                        f"objects[{index}].rle.size", f"{obj.rle['size']} differs from image_hw {self.image_hw}"
+                    )
+                if obj.patches and obj.patches[-1] >= geometry.num_vrts:
+                    raise RecordError(
+                        f"objects[{index}].patches",
+                        f"index {obj.patches[-1]} is off the {geometry.merged_grid_hw} merged grid",
+                    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Our JSONL layout."""
+        return {
+            "id": self.id,
+            "image": self.image,
+            "image_id": self.image_id,
+            "task": self.task,
+            "prompt": self.prompt,
+            "answer_template": self.answer_template,
+            "objects": [obj.to_dict() for obj in self.objects],
+            "image_hw": None if self.image_hw is None else list(self.image_hw),
+            "grid": self.grid.to_dict(),
+        }
+
+    def to_official_dict(self) -> dict[str, Any]:
+        """The official layout (``conversations``, task ``"refering"``), for the official trainer."""
+        objects = []
+        for obj in self.objects:
+            entry = obj.to_dict()
+            if entry["rle"] is None:
+                del entry["rle"]  # the official data omits the key for box-only objects
+            objects.append(entry)
+        return {
+            "id": self.image_id if self.image_id is not None else self.id,
+            "image": self.image,
+            "conversations": [{"from": "human", "value": self.prompt}],
+            "answer_template": self.answer_template,
+            "objects": objects,
+            "task": "refering" if self.task == "rec" else self.task,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GroundingRecord:
+        """Parse either layout (chosen by the presence of ``conversations``) and :meth:`validate` it."""
+        if not isinstance(data, Mapping):
+            raise RecordError("<record>", f"expected a JSON object, got {type(data).__name__}")
+        official = "conversations" in data and "prompt" not in data
+        raw_id = data.get("id")
+        if raw_id is None:
+            raise RecordError("id", "missing")
+        if not (isinstance(raw_id, str) or _is_int(raw_id)):
+            raise RecordError("id", f"expected a string or an integer, got {type(raw_id).__name__}")
+        image = _require(data, "image", str, "")
+        if not image:
+            raise RecordError("image", "must not be empty")
+        task = _require(data, "task", str, "")
+        task = TASK_ALIASES.get(task, task)
+        if task not in TASKS:
+            raise RecordError("task", f"expected one of {TASKS} (or 'refering'), got {task!r}")
+        prompt = _official_prompt(data) if official else _require(data, "prompt", str, "")
+        template = _require(data, "answer_template", str, "")
+        raw_objects = _require(data, "objects", list, "")
+        objects = [
+            GroundingObject.from_dict(obj, f"objects[{i}]", official=official) for i, obj in enumerate(raw_objects)
+        ]
+        if official:
+            image_hw, grid = None, GridSpec()
+            image_id = int(raw_id) if _is_int(raw_id) else None
+        else:
+            if "image_hw" not in data:
+                raise RecordError("image_hw", "missing")
+            image_hw = None if data["image_hw"] is None else _parse_hw(data["image_hw"])
+            grid = GridSpec.from_dict(_require(data, "grid", dict, ""))
+            image_id = data.get("image_id")
+            if image_id is not None and not _is_int(image_id):
+                raise RecordError("image_id", f"expected an integer or null, got {image_id!r}")
+        record = cls(str(raw_id), image, task, prompt, template, objects, image_hw, grid, image_id)
+        record.validate()
+        return record
+
+
+def read_jsonl(path: PathLike, *, images_root: PathLike | None = None) -> list[GroundingRecord]:
+    """Read records from a JSONL file in either layout; blank lines are skipped.
+
+    ``images_root`` fills ``image_hw`` of official records (which carry no size) from the image headers.
+    Raises ``ValueError`` ``"<file>:<line>: field '<field>': <problem>"`` on the first malformed line.
+    """
+    path = Path(path)
+    records = []
+    with path.open("r", encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not valid JSON: {error}") from error
+            try:
+                record = GroundingRecord.from_dict(data)
+                if record.image_hw is None and images_root is not None:
+                    record.image_hw = _image_size(Path(images_root) / record.image)
+                    record.validate()
+            except RecordError as error:
+                raise ValueError(f"{path}:{line_number}: {error}") from error
+            records.append(record)
+    return records
+
+
+def write_jsonl(path: PathLike, records: Iterable[GroundingRecord], *, official: bool = False) -> int:
+    """Validate and write ``records``, one JSON object per line (UTF-8); returns how many were written.
+
+    Raises ``ValueError`` naming the record's position, id and field before anything invalid reaches the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for position, record in enumerate(records):
+            try:
+                record.validate()
+            except RecordError as error:
+                raise ValueError(f"{path}: record {position} (id {record.id!r}): {error}") from error
+            data = record.to_official_dict() if official else record.to_dict()
+            handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _official_prompt(data: Mapping[str, Any]) -> str:
+    conversations = _require(data, "conversations", list, "")
+    if not conversations or not isinstance(conversations[0], Mapping):
+        raise RecordError("conversations", "expected a non-empty list of {from, value} turns")
+    value = conversations[0].get("value")
+    if not isinstance(value, str):
+        raise RecordError("conversations[0].value", "expected the human prompt as a string")
+    return value
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise RecordError("image", f"cannot read the size of {path}: {error}") from error
+    return height, width
+
+
+def _require(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    path = f"{where}.{name}" if where else name
+    if name not in data:
+        raise RecordError(path, "missing")
+    value = data[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int subclass; a JSON true where a count is expected is a mistake, not a 1.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise RecordError(path, f"expected {names}, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _positive_int(data: Mapping[str, Any], name: str, where: str) -> int:
+    value = data.get(name)
+    if not _is_int(value) or value <= 0:
+        raise RecordError(where, f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _parse_hw(value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(_is_int(v) and v > 0 for v in value)
+    ):
+        raise RecordError("image_hw", f"expected [height, width] of positive integers, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _parse_bbox(value: list[Any], where: str, *, clip: bool) -> list[float]:
+    if len(value) != 4 or not all(_is_number(v) for v in value):
+        raise RecordError(where, f"expected 4 finite numbers, got {value!r}")
+    box = [float(v) for v in value]
+    if clip:
+        # Published COCO boxes sometimes overshoot the image by a fraction of a pixel.
+        box = [min(max(v, 0.0), 1.0) for v in box]
+    if not all(0.0 <= v <= 1.0 for v in box):
+        raise RecordError(where, f"normalised coordinates must lie in [0, 1], got {box}")
+    if box[0] > box[2] or box[1] > box[3]:
+        raise RecordError(where, f"expected x1 <= x2 and y1 <= y2, got {box}")
+    return box
+
+
+def _check_rle(rle: Any, where: str) -> None:
+    if not isinstance(rle, Mapping):
+        raise RecordError(where, f"expected a COCO RLE object or null, got {type(rle).__name__}")
+    size = rle.get("size")
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v >= 0 for v in size):
+        raise RecordError(f"{where}.size", f"expected [height, width], got {size!r}")
+    if not isinstance(rle.get("counts"), str):
+        raise RecordError(f"{where}.counts", "expected the compressed counts as a string")

@@ -1,0 +1,1 @@
+"""Fine-tuning PaDT: settings, the training objective, atomic checkpoints and the accelerate loop."""

@@ -1,0 +1,112 @@
+"""The training objective as one module, so that DDP/FSDP/DeepSpeed wrap a single ``forward``.
+
+Distributed wrappers synchronise gradients around the wrapped module's ``forward``. PaDT's training step uses
+several model entry points (vision pass, teacher-forced states, decoder); calling them one by one on a wrapped
+model would bypass the wrapper. :class:`PaDTObjective` runs them all inside its own ``forward`` and returns the
+loss terms of :class:`padt.losses.PaDTCriterion`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from padt.datasets.training import TrainingBatch
+from padt.losses import PaDTCriterion
+
+
+class PaDTObjective(nn.Module):
+    """Model + criterion. ``forward(batch, use_gt_prototypes, num_boxes)`` -> dict of loss terms.
+
+    Args:
+        model: a :class:`~padt.PaDTForConditionalGeneration` (or a PEFT model wrapping one).
+        criterion: the weighted loss terms.
+    """
+
+    def __init__(self, model: nn.Module, criterion: PaDTCriterion) -> None:
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    @property
+    def padt(self):
+        """The PaDT model under any PEFT wrapper."""
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def forward(
+        self, batch: TrainingBatch, use_gt_prototypes: bool = False, num_boxes: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch.
+
+        Args:
+            batch: from :class:`~padt.datasets.training.GroundingCollator`, on the model's device.
+            use_gt_prototypes: decoder warm-up; feed the decoder the prototypes of the ground-truth VRTs
+                instead of the language model's states (PADT_REFERENCE §3.1).
+            num_boxes: divisor of box and score sums; pass the object count of the *global* batch under
+                data parallelism so every process weighs objects alike (default: this batch's count).
+        """
+        model = self.padt
+        inputs = batch.inputs
+        vision = model.encode_images(
+            inputs["pixel_values"], inputs["image_grid_thw"], inputs["image_sample"], inputs["input_ids"].shape[0]
+        )
+        codec = vision.codec
+        input_ids = codec.to_global(inputs["input_ids"])
+        hidden = model.answer_states(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
+
+        # labels[b, t] is the token at t + 1 where that token belongs to the answer (incl. its end token).
+        labels = torch.full_like(input_ids, -100)
+        supervised = inputs["answer_mask"][:, 1:]
+        labels[:, :-1] = torch.where(supervised, input_ids[:, 1:], labels[:, :-1])
+
+        starts = torch.tensor([s for s, _ in codec.sample_spans()], device=input_ids.device, dtype=torch.long)
+        exclude = batch.exclude_local.clone()
+        exclude[:, 2] += starts[exclude[:, 0]]
+
+        decoder_terms = {}
+        if batch.num_objects:
+            vrt_sample = batch.object_sample.repeat_interleave(batch.vrt_counts)
+            if use_gt_prototypes:
+                states = vision.prototypes[batch.vrt_local + starts[vrt_sample]]
+            else:
+                # The state that predicted the VRT at position p is the state at p - 1.
+                states = hidden[vrt_sample, batch.vrt_positions - 1]
+            first_vrt = batch.vrt_counts.cumsum(0) - batch.vrt_counts
+            object_image = torch.tensor(
+                [codec.local_to_image_patch(int(b), int(v))[0] for b, v in
+                 zip(batch.object_sample.tolist(), batch.vrt_local[first_vrt].tolist())],
+                device=input_ids.device,
+            )
+            decoded = model.decode_objects(vision, states, batch.vrt_counts, object_image)
+            decoder_terms = dict(
+                pred_boxes=decoded.boxes,
+                gt_boxes=batch.boxes,
+                score_logits=decoded.score_logits,
+                mask_logits=_checked_masks(decoded.mask_logits, batch.masks),
+                gt_masks=batch.masks.to(decoded.boxes.dtype) if decoded.mask_logits is not None else None,
+                mask_valid_hw=batch.mask_hw,
+                has_mask=batch.has_mask,
+                num_boxes=num_boxes,
+            )
+        return self.criterion(
+            hidden=hidden,
+            labels=labels,
+            text_weight=model.lm_head.weight,
+            prototypes=vision.prototypes,
+            vrt_allowed=vision.vrt_mask,
+            vrt_exclude=exclude,
+            **decoder_terms,
+        )
+
+
+def _checked_masks(mask_logits: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor | None:
+    """Both the decoder and the collate pad masks bottom/right to the batch's largest image: the shapes must agree."""
+    if mask_logits is None:
+        return None
+    if mask_logits.shape[1:] != target.shape[1:]:
+        raise ValueError(
+            f"decoder masks {tuple(mask_logits.shape[1:])} and targets {tuple(target.shape[1:])} differ: "
+            "the dataset's mask_scale does not match the decoder's mask_upscale_stages"
+        )
+    return mask_logits

@@ -1,0 +1,132 @@
+"""Patch selection on hand-made masks, RLE helpers and VRT sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from padt.datasets.patches import (
+    box_to_mask,
+    box_to_rle,
+    coverage_grid,
+    mask_to_rle,
+    polygons_to_rle,
+    rle_to_mask,
+    sample_vrt_patches,
+    segmentation_to_rle,
+    select_patches,
+)
+from padt.imaging import image_geometry
+
+
+def test_mask_on_two_cells_selects_their_raster_indices() -> None:
+    geometry = image_geometry(84, 112)  # already multiples of 28: merged grid 3 x 4, no resize
+    assert geometry.merged_grid_hw == (3, 4)
+    mask = np.zeros((84, 112), dtype=np.uint8)
+    mask[0:56, 28:56] = 1  # cells (0, 1) and (1, 1)
+    width = geometry.merged_grid_hw[1]
+    assert select_patches(mask, geometry) == [1, width + 1]
+
+
+@pytest.mark.parametrize(
+    ("pixels", "inclusive", "strict"),
+    [(27, [], []), (28, [0], []), (29, [0], [0])],
+)
+def test_threshold_edge_is_inclusive_unless_strict(pixels: int, inclusive: list[int], strict: list[int]) -> None:
+    # 28 of the 784 pixels of cell (0, 0) are exactly the official 1/28 (mean of mask*255 == 255/28).
+    geometry = image_geometry(56, 56)
+    mask = np.zeros((56, 56), dtype=np.uint8)
+    mask.reshape(-1)[[row * 56 + col for row in range(28) for col in range(28)][:pixels]] = 1
+    assert coverage_grid(mask, geometry)[0, 0] == pytest.approx(pixels / 784)
+    assert select_patches(mask, geometry) == inclusive
+    assert select_patches(mask, geometry, strict=True) == strict
+
+
+def test_min_coverage_is_a_parameter() -> None:
+    geometry = image_geometry(56, 56)
+    mask = np.zeros((56, 56), dtype=np.uint8)
+    mask[0:14, 0:28] = 1  # half of cell (0, 0)
+    assert select_patches(mask, geometry, min_coverage=0.5) == [0]
+    assert select_patches(mask, geometry, min_coverage=0.5, strict=True) == []
+    with pytest.raises(ValueError, match="min_coverage"):
+        select_patches(mask, geometry, min_coverage=1.5)
+
+
+def test_resized_image_uses_the_processor_grid() -> None:
+    geometry = image_geometry(100, 150)  # smart_resize -> 112 x 140: merged grid 4 x 5
+    assert geometry.merged_grid_hw == (4, 5)
+    full = np.ones((100, 150), dtype=np.uint8)
+    assert select_patches(full, geometry) == list(range(20))
+    right_half = np.zeros((100, 150), dtype=np.uint8)
+    right_half[:, 75:] = 1
+    assert select_patches(right_half, geometry) == [k for k in range(20) if k % 5 >= 2]
+    assert select_patches(np.zeros((100, 150), dtype=np.uint8), geometry) == []
+    with pytest.raises(ValueError, match="differs from the image size"):
+        select_patches(np.ones((10, 10), dtype=np.uint8), geometry)
+
+
+def test_rle_round_trip_and_helpers() -> None:
+    mask = np.zeros((30, 40), dtype=np.uint8)
+    mask[5:10, 7:20] = 1
+    rle = mask_to_rle(mask)
+    assert rle["size"] == [30, 40] and isinstance(rle["counts"], str)
+    assert np.array_equal(rle_to_mask(rle), mask)
+    assert np.array_equal(rle_to_mask(box_to_rle((7, 5, 20, 10), 30, 40)), mask)
+    # edges round to whole pixels and clip to the image
+    assert np.array_equal(box_to_mask((-5.2, 5, 20.4, 10), 30, 40), box_to_mask((0, 5, 20, 10), 30, 40))
+    union = rle_to_mask(polygons_to_rle([[0, 0, 10, 0, 10, 10, 0, 10], [20, 20, 30, 20, 30, 30, 20, 30]], 40, 40))
+    assert union[5, 5] == 1 and union[25, 25] == 1 and union[15, 15] == 0
+    with pytest.raises(ValueError, match="degenerate"):
+        polygons_to_rle([[0, 0, 10, 10]], 40, 40)
+
+
+def test_segmentation_to_rle_accepts_every_coco_shape() -> None:
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[2:6, 3:9] = 1
+    compressed = mask_to_rle(mask)
+    assert segmentation_to_rle(compressed, 20, 20) == (compressed, 0)
+    flat = mask.flatten(order="F")
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [2]])))  # run boundaries (2 closes the last)
+    uncompressed = {"size": [20, 20], "counts": np.diff(np.concatenate([[0], changes])).tolist()}
+    rle, dropped = segmentation_to_rle(uncompressed, 20, 20)
+    assert dropped == 0 and np.array_equal(rle_to_mask(rle), mask)
+    rle, dropped = segmentation_to_rle([[1, 1, 2, 2], [3, 2, 9, 2, 9, 6, 3, 6]], 20, 20)
+    assert dropped == 1 and rle_to_mask(rle)[4, 5] == 1
+    assert segmentation_to_rle([[1, 2, 3, 4]], 20, 20) == (None, 1)
+    with pytest.raises(ValueError, match="differs"):
+        segmentation_to_rle(mask_to_rle(np.zeros((5, 5), dtype=np.uint8)), 20, 20)
+
+
+def test_random_sampling_is_deterministic_and_replaces_only_when_short() -> None:
+    patches = [3, 4, 5, 10, 11, 12, 20]
+    first = sample_vrt_patches(patches, 5, "random", np.random.default_rng(7))
+    second = sample_vrt_patches(patches, 5, "random", np.random.default_rng(7))
+    assert first == second
+    assert len(first) == 5 and len(set(first)) == 5 and set(first) <= set(patches)  # without replacement
+    short = sample_vrt_patches([8, 9], 5, "random", np.random.default_rng(0))
+    assert len(short) == 5 and set(short) <= {8, 9}  # with replacement
+    draws = {tuple(sample_vrt_patches(patches, 5, "random", np.random.default_rng(s))) for s in range(20)}
+    assert len(draws) > 1
+
+
+def test_extremes_sampling_takes_one_patch_per_side() -> None:
+    width = 5
+    block = [row * width + col for row in range(1, 4) for col in range(1, 4)]  # 3 x 3 block, centre cell 12
+    picks = sample_vrt_patches(block, mode="extremes", rng=np.random.default_rng(0), grid_width=width)
+    centre, left, top, right, bottom = picks
+    assert centre == 12
+    assert left % width == 1 and right % width == 3 and top // width == 1 and bottom // width == 3
+    again = sample_vrt_patches(block, mode="extremes", rng=np.random.default_rng(0), grid_width=width)
+    assert picks == again
+    line = sample_vrt_patches([0, 1], mode="extremes", rng=np.random.default_rng(0), grid_width=width)
+    assert len(line) == 5 and set(line) <= {0, 1}  # no centre cells: the centre pick falls back to any cell
+
+
+def test_all_mode_and_errors() -> None:
+    assert sample_vrt_patches([9, 2, 5], mode="all") == [2, 5, 9]
+    with pytest.raises(ValueError, match="no patches"):
+        sample_vrt_patches([], 5)
+    with pytest.raises(ValueError, match="grid_width"):
+        sample_vrt_patches([1, 2], mode="extremes", rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown sampling mode"):
+        sample_vrt_patches([1, 2], mode="middle", rng=np.random.default_rng(0))  # type: ignore[arg-type]
