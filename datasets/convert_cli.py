@@ -129,39 +129,55 @@ def run_ric(args: argparse.Namespace) -> int:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    """Draw the scenes, then convert them with the COCO and RefCOCO readers, per split.
+    """Draw the scenes, then convert them with the COCO and RefCOCO readers, per split."""
+    convert_synthetic(
+        args.out, args.images, args.seed, grid=_grid(args), image_size=tuple(args.image_size),
+        objects_per_image=tuple(args.objects), object_size=tuple(args.object_size), allow_occlusion=args.occlusion,
+        noise=args.noise, val_fraction=args.val_fraction, official=args.official, progress=not args.quiet,
+    )
+    return 0
+
+
+def convert_synthetic(
+    out: Path, num_images: int, seed: int, *, grid: Any, official: bool = False, progress: bool = True,
+    report: bool = True,
+    **scene: Any,
+) -> dict[str, Path]:
+    """Draw synthetic scenes (``scene``: options of :func:`~padt.datasets.synthetic.generate_synthetic`) and
+    convert them with the COCO and RefCOCO readers for the processor grid ``grid``.
 
     Writes ``records_ovd_{train,val}.jsonl`` and ``records_rec_{train,val}.jsonl`` next to ``images/``,
-    ``instances.json`` and ``refs.p``.
+    ``instances.json`` and ``refs.p``; returns ``{"ovd_train": path, "rec_val": path, ...}``. ``progress`` shows
+    progress bars, ``report`` prints what was written and the conversion summaries.
     """
     from padt.datasets.coco import convert_coco
     from padt.datasets.refcoco import convert_refcoco
     from padt.datasets.synthetic import generate_synthetic
 
-    dataset = generate_synthetic(
-        args.out, args.images, args.seed, image_size=tuple(args.image_size), objects_per_image=tuple(args.objects),
-        object_size=tuple(args.object_size), allow_occlusion=args.occlusion, noise=args.noise,
-        val_fraction=args.val_fraction,
-    )
-    print(
-        f"wrote {dataset.num_images} images, {dataset.num_objects} objects, {dataset.num_refs} refs "
-        f"({dataset.objects_without_ref} objects without a unique expression) to {dataset.root}"
-    )
-    grid = _grid(args)
+    out = Path(out)
+    dataset = generate_synthetic(out, num_images, seed, **scene)
+    if report:
+        print(
+            f"wrote {dataset.num_images} images, {dataset.num_objects} objects, {dataset.num_refs} refs "
+            f"({dataset.objects_without_ref} objects without a unique expression) to {dataset.root}"
+        )
+    paths = {}
     for split, image_ids in dataset.split_image_ids.items():
         records, summary = convert_coco(
-            dataset.instances_path, dataset.images_dir, split, args.seed, grid=grid, image_ids=image_ids,
-            progress=not args.quiet,
+            dataset.instances_path, dataset.images_dir, split, seed, grid=grid, image_ids=image_ids,
+            progress=progress,
         )
         summary.name = f"synthetic ovd {split}"
-        _write(args.out / f"records_ovd_{split}.jsonl", records, summary, official=args.official)
+        paths[f"ovd_{split}"] = out / f"records_ovd_{split}.jsonl"
+        _write(paths[f"ovd_{split}"], records, summary, official=official, report=report)
         records, summary = convert_refcoco(
             dataset.refs_path, dataset.instances_path, dataset.images_dir, split, name="synthetic", grid=grid,
-            progress=not args.quiet,
+            progress=progress,
         )
         summary.name = f"synthetic rec {split}"
-        _write(args.out / f"records_rec_{split}.jsonl", records, summary, official=args.official)
-    return 0
+        paths[f"rec_{split}"] = out / f"records_rec_{split}.jsonl"
+        _write(paths[f"rec_{split}"], records, summary, official=official, report=report)
+    return paths
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -186,10 +202,14 @@ def _finish(args: argparse.Namespace, records: list[GroundingRecord], summary: C
     return 0
 
 
-def _write(path: Path, records: list[GroundingRecord], summary: ConversionSummary, *, official: bool) -> None:
+def _write(
+    path: Path, records: list[GroundingRecord], summary: ConversionSummary, *, official: bool, report: bool = True
+) -> None:
     from padt.datasets.records import write_jsonl
 
     write_jsonl(path, records, official=official)
+    if not report:
+        return
     print(summary.table())
     print(f"  -> {path}")
     sys.stdout.flush()

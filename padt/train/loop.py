@@ -1,0 +1,181 @@
+"""``padt train``: the training loop on accelerate (one process, DDP, FSDP or DeepSpeed from the same code).
+
+Data order is a pure function of ``(seed, epoch)`` and VRT sampling of ``(seed, epoch, index)``; each optimizer
+step takes ``batch_size * grad_accum * world_size`` records, and each process takes a contiguous slice of every
+micro-batch. So one process with batch 4 and two processes with batch 2 see the same global batches, and a run
+resumed from a checkpoint continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from padt.datasets.records import read_jsonl
+from padt.datasets.training import GroundingCollator, GroundingDataset
+from padt.losses import PaDTCriterion, check_finite
+from padt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from padt.train.config import TrainConfig
+from padt.train.objective import PaDTObjective
+from padt.train.setup import final_model, load_starting_model, prepare_trainable
+
+
+def epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
+    """The record order of one epoch (the same on every process)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_records)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train as configured; return the folder of the final model (``output_dir/final``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    config.check_ready()
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.grad_accum,
+        mixed_precision="bf16" if config.precision == "bf16" else "no",
+        # Without a GPU, accelerate only sets up multi-process (gloo) training when told it runs on CPU.
+        cpu=not torch.cuda.is_available(),
+        # Text-only batches leave the decoder unused; DDP must not wait for its gradients then.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    torch.manual_seed(config.seed)
+    model, processor = load_starting_model(config)
+    mask_scale = 2 ** model.config.decoder_config.get("mask_upscale_stages", 2)
+    trainable = prepare_trainable(model, config)
+
+    records = [record for path in config.records for record in _read_records(path)]
+    dataset = GroundingDataset(
+        records, config.images, processor, mask_scale=mask_scale, vrts_per_object=config.vrts_per_object,
+        sampling=config.vrt_sampling, seed=config.seed,
+    )
+    collate = GroundingCollator(processor, mask_scale)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_global = config.batch_size * world
+    steps_per_epoch = len(dataset) // (micro_global * config.grad_accum)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(dataset)} records are fewer than one optimizer step needs "
+            f"(batch_size {config.batch_size} x grad_accum {config.grad_accum} x {world} processes)"
+        )
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup_steps = config.warmup_steps(total_steps)
+
+    objective = PaDTObjective(trainable, PaDTCriterion(config.loss_weights))
+    optimizer = torch.optim.AdamW(
+        [p for p in objective.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = _scheduler(optimizer, config, total_steps)
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+
+    start_step = 0
+    if config.resume:
+        folder = latest_checkpoint(output_dir)
+        if folder is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {output_dir / 'checkpoints'}")
+        start_step = load_checkpoint(folder, accelerator.unwrap_model(objective), optimizer, scheduler)["step"]
+    elif accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    log_path = output_dir / "metrics.jsonl"
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
+    objective.train()
+    for step in range(start_step, total_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        order = epoch_order(len(dataset), config.seed, epoch)
+        dataset.set_epoch(epoch)
+        started = time.perf_counter()
+        logged: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            first = (position * config.grad_accum + micro) * micro_global
+            mine = order[first + rank * config.batch_size : first + (rank + 1) * config.batch_size]
+            batch = collate([dataset[int(i)] for i in mine]).to(accelerator.device)
+            # Box and score sums are divided by the global object count / world size: DDP then averages
+            # gradients into exactly the global mean (see PaDTObjective.forward).
+            objects = accelerator.reduce(torch.tensor(float(batch.num_objects), device=accelerator.device), "sum")
+            with accelerator.accumulate(objective):
+                terms = objective(batch, use_gt_prototypes=step < warmup_steps, num_boxes=objects.item() / world)
+                check_finite(terms, step)
+                accelerator.backward(terms["loss"])
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad()
+            for name, value in terms.items():
+                logged[name] = logged.get(name, 0.0) + float(value.detach()) / config.grad_accum
+        if world > 1:
+            # Log the global batch's terms: the mean over processes (each term is already a per-process mean).
+            names = sorted(logged)
+            means = accelerator.reduce(torch.tensor([logged[n] for n in names], device=accelerator.device), "mean")
+            logged = dict(zip(names, means.tolist()))
+        done = step + 1
+        record = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **logged,
+                  "seconds": round(time.perf_counter() - started, 4), "warmup": step < warmup_steps}
+        if accelerator.is_main_process:
+            with log_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            bar.set_postfix({k: f"{logged[k]:.3f}" for k in ("loss", "ce", "box_giou", "mask_dice") if k in logged})
+            bar.update(1)
+        if config.save_every and done % config.save_every == 0 and done < total_steps:
+            _save(accelerator, output_dir, done, objective, optimizer, scheduler)
+    bar.close()
+    accelerator.wait_for_everyone()
+    final = output_dir / "final"
+    if accelerator.is_main_process:
+        _save(accelerator, output_dir, total_steps, objective, optimizer, scheduler)
+        _save_final(final, accelerator.unwrap_model(objective).model, processor)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _read_records(path: str):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"training records file not found: {path}")
+    records = read_jsonl(path)
+    if not records:
+        raise ValueError(f"training records file {path} holds no records")
+    return records
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    warmup = config.lr_warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _save(accelerator, output_dir: Path, step: int, objective, optimizer, scheduler) -> None:
+    if accelerator.is_main_process:
+        save_checkpoint(output_dir, step, accelerator.unwrap_model(objective), optimizer, scheduler, {})
+
+
+def _save_final(final: Path, model, processor) -> None:
+    """Write the final model + processor atomically: a folder ``from_pretrained`` and ``padt eval`` load."""
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged = final_model(model)
+    merged.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
