@@ -62,9 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="padt", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     from padt.datasets.convert_cli import register as register_convert
+    from padt.eval_cli import register as register_eval
+    from padt.predict_cli import register as register_predict
+    from padt.serve import register as register_serve
 
     register_convert(subparsers)
     _add_train(subparsers)
+    register_predict(subparsers)
+    register_serve(subparsers)
+    register_eval(subparsers)
     return parser
 
 

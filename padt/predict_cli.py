@@ -1,0 +1,185 @@
+"""``padt predict``: ground one image with a saved PaDT model; write the overlay picture and the objects' JSON.
+
+```
+padt predict --image street.jpg --detect person,horse --out vis.png --json objects.json
+padt predict --model runs/padt-tiny --image shapes.png --refer "the red circle"
+padt predict --image shapes.png --caption --heatmaps steps.png
+```
+
+Without ``--model`` the demo's tiny model is used from :func:`demo_model_dir` (``~/.cache/padt/demo-model``,
+or ``$PADT_DEMO_MODEL``), which ``make demo`` / ``padt demo`` create.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from padt.pipeline import PaDTPipeline
+    from padt.results import GroundedOutput
+
+TASKS = ("refer", "detect", "caption")
+DEMO_MODEL_ENV = "PADT_DEMO_MODEL"
+
+
+def demo_model_dir() -> Path:
+    """Where ``padt demo`` keeps its tiny model: ``$PADT_DEMO_MODEL``, else ``~/.cache/padt/demo-model``."""
+    override = os.environ.get(DEMO_MODEL_ENV)
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "padt" / "demo-model"
+
+
+def resolve_model_dir(model: str | os.PathLike | None) -> Path:
+    """The model folder to load: ``model`` if given, else the demo model; ``FileNotFoundError`` if it is missing."""
+    if model is not None:
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            what = "has no config.json" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"model folder {path} {what}: pass a folder written by save_pretrained")
+        return path
+    path = demo_model_dir()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no --model given and the demo model is not at {path}: run `make demo` (or `padt demo`) first to "
+            f"create it, set {DEMO_MODEL_ENV}=FOLDER, or pass --model FOLDER"
+        )
+    return path
+
+
+def load_pipeline(model: str | os.PathLike | None, device: str | None = None, **kwargs: Any) -> PaDTPipeline:
+    """:func:`resolve_model_dir` then ``PaDTPipeline.from_pretrained`` on ``device`` (default: cuda if present)."""
+    import torch
+
+    from padt.pipeline import PaDTPipeline
+
+    path = resolve_model_dir(model)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return PaDTPipeline.from_pretrained(path, device=device, **kwargs)
+
+
+def task_prompt(task: str, text: str | None) -> tuple[str, bool]:
+    """(prompt, require_labels) for a task: the expression for ``refer``, comma-separated names for ``detect``.
+
+    ``text`` is ignored for ``caption``. Raises ``ValueError`` for an unknown task or a missing/empty text.
+    """
+    from padt.prompts import ovd_prompt, rec_prompt, ric_prompt
+
+    if task == "caption":
+        return ric_prompt(), False
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not text or not text.strip():
+        what = "a referring expression" if task == "refer" else "category names separated by commas"
+        raise ValueError(f"{task} needs {what}")
+    if task == "refer":
+        return rec_prompt(text.strip()), True
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"no category names in {text!r}: separate names with commas, e.g. 'person,horse'")
+    return ovd_prompt(names), True
+
+
+def run_task(
+    pipeline: PaDTPipeline, image: Any, task: str, text: str | None, **generate_kwargs: Any
+) -> tuple[GroundedOutput, str, bool]:
+    """Ask ``pipeline`` one task about one image: returns (output, prompt, require_labels).
+
+    The same as ``pipeline.refer`` / ``detect`` / ``caption``, but the prompt comes back too, so callers can
+    draw the per-step VRT heatmaps of the same answer (:func:`padt.visualize.vrt_step_heatmaps`).
+    """
+    prompt, require_labels = task_prompt(task, text)
+    output = pipeline.ask([image], [prompt], require_labels=require_labels, **generate_kwargs)[0]
+    return output, prompt, require_labels
+
+
+def output_record(output: GroundedOutput, *, task: str, prompt: str, **extra: Any) -> dict[str, Any]:
+    """The JSON written by ``padt predict`` and shown by ``padt serve``.
+
+    Keys: ``task``, ``prompt``, anything in ``extra`` (e.g. ``image``, ``model``), then ``output.to_dict`` with
+    masks: ``text``, ``objects`` (``label``, ``patches``, ``box`` xyxy in original pixels, ``score``,
+    ``image_index``, ``mask_rle`` as COCO RLE), ``problems``, ``image_sizes``.
+    """
+    return {"task": task, "prompt": prompt, **extra, **output.to_dict(include_masks=True)}
+
+
+def summary(output: GroundedOutput) -> str:
+    """A few human-readable lines: the answer and one line per object."""
+    lines = [f"answer: {output.text.strip()!r}"]
+    if not output.objects:
+        lines.append("no objects")
+    for i, obj in enumerate(output.objects):
+        box = ", ".join(f"{v:.1f}" for v in obj.box)
+        lines.append(f"  {i}: {obj.label!r:30} score {obj.score:.3f}  box [{box}]  {len(obj.patches)} patches")
+    for problem in output.problems:
+        lines.append(f"  note: {problem}")
+    return "\n".join(lines)
+
+
+def render(pipeline: PaDTPipeline, image: Any, output: GroundedOutput) -> np.ndarray:
+    """The overlay picture of ``output`` on ``image`` (patch cells from the pipeline's processor geometry)."""
+    from padt.visualize import draw_grounding
+
+    pil = pipeline.processor.load(image)
+    return draw_grounding(pil, output, geometry=pipeline.processor.geometry(pil))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``padt predict`` to the ``padt`` command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="ground one image: overlay picture + JSON of the objects",
+        description=__doc__.splitlines()[0].replace("``", ""),
+    )
+    parser.add_argument("--model", help="model folder (default: the demo model, see `padt demo`)")
+    parser.add_argument("--image", required=True, help="image file")
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--refer", metavar="TEXT", help="referring expression: find the object it describes")
+    task.add_argument("--detect", metavar="NAMES", help="comma-separated category names: find every instance")
+    task.add_argument("--caption", action="store_true", help="describe the image, grounding its nouns")
+    parser.add_argument("--out", help="overlay picture to write (default: IMAGE_STEM.padt.png in the current folder)")
+    parser.add_argument("--json", dest="json_path", metavar="FILE", help="write the objects as JSON to FILE")
+    parser.add_argument("--heatmaps", metavar="FILE", help="also write a gallery of per-VRT-step heatmaps")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    image_path = Path(args.image)
+    if not image_path.is_file():  # before loading the model: that takes longer than reading this message
+        raise FileNotFoundError(f"image file not found: {image_path}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    task = "refer" if args.refer is not None else "detect" if args.detect is not None else "caption"
+    text = args.refer if args.refer is not None else args.detect
+    task_prompt(task, text)  # reject an empty expression / category list before loading the model
+    model_dir = resolve_model_dir(args.model)
+
+    from padt.visualize import make_gallery, save_image, vrt_step_heatmaps
+
+    pipeline = load_pipeline(model_dir, args.device)
+    image = pipeline.processor.load(image_path)
+    output, prompt, require_labels = run_task(pipeline, image, task, text, max_new_tokens=args.max_new_tokens)
+    print(summary(output))
+
+    out_path = Path(args.out) if args.out else Path(f"{image_path.stem}.padt.png")
+    save_image(out_path, render(pipeline, image, output))
+    print(f"overlay: {out_path}")
+    if args.json_path:
+        record = output_record(output, task=task, prompt=prompt, image=str(image_path), model=str(model_dir))
+        json_path = Path(args.json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"json: {json_path}")
+    if args.heatmaps:
+        steps = vrt_step_heatmaps(pipeline, image, prompt, output=output, require_labels=require_labels)
+        tiles = [(render(pipeline, image, output), "answer")]
+        tiles += [(heatmap, f"step {n}: {token}") for n, (token, heatmap) in enumerate(steps)]
+        save_image(args.heatmaps, make_gallery(tiles, columns=4))
+        print(f"heatmaps: {args.heatmaps} ({len(steps)} VRT steps)")
+    return 0
