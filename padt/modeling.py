@@ -30,6 +30,7 @@ from transformers.vision_utils import get_vision_position_ids
 
 from padt.configuration import PaDTConfig
 from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoderConfig
+from padt.decoders.layers import init_weights as init_decoder_module
 from padt.vision_context import VisionContext, VisualPrototypes
 from padt.vrt_codec import VRTCodec, high_res_layout, window_order
 
@@ -58,14 +59,16 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Our two modules carry their own explicit initialisation (zero-start prototypes, RMSNorm ones, normal
-        # 0.02 linears) that never depends on which keys a checkpoint lacks. transformers initialises children
-        # before parents, so the modules' own reset_parameters (run on the parent) has the last word; their
-        # children are left alone here (a stock nn.LayerNorm reset would set the prototype norm back to ones).
-        if module is self._modules.get("vrt_prototypes") or module is self._modules.get("vrt_decoder"):
-            module.reset_parameters()
+        # 0.02 linears) that never depends on which keys a checkpoint lacks. It is applied module by module: for
+        # models defined outside transformers, its loader skips modules without parameters of their own (such as
+        # VisualPrototypes and PaDTDecoder themselves), so a rule attached to those parents would never run for
+        # missing keys. The init functions are guarded by the loader, so loaded parameters are left as they are.
+        prototypes, decoder = self._modules.get("vrt_prototypes"), self._modules.get("vrt_decoder")
+        if prototypes is not None and any(module is m for m in prototypes.modules()):
+            prototypes.init_child(module)
             return
-        if any(module is m for name in ("vrt_prototypes", "vrt_decoder") if name in self._modules
-               for m in self._modules[name].modules()):
+        if decoder is not None and any(module is m for m in decoder.modules()):
+            init_decoder_module(module, decoder.config.initializer_range)
             return
         super()._init_weights(module)
 
