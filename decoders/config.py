@@ -36,6 +36,11 @@ class PaDTDecoderConfig:
             ``s = 2 ** mask_upscale_stages`` mask pixels per patch side and embeddings of
             ``hidden_size / 4 ** mask_upscale_stages`` channels.
         rms_norm_eps: epsilon of every RMSNorm.
+        memory_position_encoding: add a fixed 2-D sinusoidal encoding of each memory token's normalised cell
+            centre to the low- and high-res memory. Off in the reference (and needed off for its weights): there,
+            positions enter only through the rotary PE of attention scores, so attended *values* carry no
+            coordinates and the box head learns to regress them slowly. On, boxes train several times faster; the
+            tiny demo model uses it. Needs the raster patch order.
         initializer_range: standard deviation of the normal init of every Linear and Embedding. 0.02 is the
             reference's choice for width 1280; narrow decoders learn much faster with about ``1/sqrt(width)``
             (the tiny model uses 0.125 at width 64).
@@ -53,6 +58,7 @@ class PaDTDecoderConfig:
     mask_head: bool = True
     mask_upscale_stages: int = 2
     rms_norm_eps: float = 1e-6
+    memory_position_encoding: bool = False
     initializer_range: float = 0.02
     attn_implementation: str = "sdpa"
 

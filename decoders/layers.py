@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import NamedTuple
 
 import torch
@@ -107,3 +108,17 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=std)
     elif isinstance(module, RMSNorm):
         module.reset_parameters()
+
+
+def sine_position_encoding(yx: torch.Tensor, dim: int, max_frequency: float = 64.0) -> torch.Tensor:
+    """Fixed 2-D sinusoidal encoding of normalised positions: [N, 2] (y, x) in [0, 1] -> [N, dim].
+
+    A quarter of the channels each for sin(y f), cos(y f), sin(x f), cos(x f), with frequencies ``f`` spaced
+    geometrically from pi to ``pi * max_frequency``; channels left over (``dim`` not a multiple of 4) are zero.
+    """
+    quarter = dim // 4
+    freqs = math.pi * torch.logspace(0.0, math.log10(max_frequency), quarter, device=yx.device, dtype=torch.float32)
+    angles = yx.float()[:, :, None] * freqs  # [N, 2, quarter]
+    parts = [angles[:, 0].sin(), angles[:, 0].cos(), angles[:, 1].sin(), angles[:, 1].cos()]
+    encoding = torch.cat(parts, dim=-1)
+    return F.pad(encoding, (0, dim - encoding.shape[-1]))

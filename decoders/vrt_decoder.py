@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import Backend, DecoderAttention, PackedSeqs, resolve_backend
 from .config import MASK_SPLIT, PaDTDecoderConfig
-from .layers import MLP, RMSNorm, RotaryPE, init_weights
+from .layers import MLP, RMSNorm, RotaryPE, init_weights, sine_position_encoding
 from .memory import DecoderMemory, DecoderOutput, image_ranges
 
 # Query tokens that lead every object's group; the heads read them at these offsets.
@@ -263,6 +263,10 @@ class PaDTDecoder(nn.Module):
         low_index, low_lengths = image_ranges(high_counts // cfg.spatial_merge_size**2, object_image)
         low = _Level(_to(memory.low_pe, device), PackedSeqs.from_lengths(low_lengths), low_index)
         mem = self.input_projection(memory.low_res.to(device=device, dtype=dtype))
+        if cfg.memory_position_encoding:
+            high_yx = _normalised_centres(memory.token_rc.to(device), grid_hw, high_counts)
+            low_yx = high_yx.view(-1, cfg.spatial_merge_size**2, 2).mean(dim=1)  # centre of each merge block
+            mem = mem + sine_position_encoding(low_yx, cfg.hidden_size).to(dtype)
         query, mem, per_image = self._run_blocks(self.low_res_blocks, query, mem, True, low, ctx)
 
         # ---- high-res memory: each low-res row broadcast to its m*m patches + raw pre-merger features ----
@@ -273,6 +277,9 @@ class PaDTDecoder(nn.Module):
             if not per_image:
                 high_raw = high_raw.index_select(0, high_index)
             mem = self.high_res_norm(mem.repeat_interleave(cfg.spatial_merge_size**2, dim=0) + high_raw)
+            if cfg.memory_position_encoding:
+                encoding = sine_position_encoding(high_yx, cfg.hidden_size).to(dtype)
+                mem = mem + (encoding if per_image else encoding.index_select(0, high_index))
             query, mem, per_image = self._run_blocks(self.high_res_blocks, query, mem, per_image, high, ctx)
 
         # ---- heads ----
@@ -377,3 +384,9 @@ class PaDTDecoder(nn.Module):
             raise ValueError(f"vrt_counts sum to {total} but vrt_states has {vrt_states.shape[0]} rows")
         if min_image < 0 or max_image >= memory.num_images:
             raise ValueError(f"object_image must index the {memory.num_images} images of the memory")
+
+
+def _normalised_centres(token_rc: torch.Tensor, grid_hw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[ΣN, 2] (row, col) on each image's patch grid -> (y, x) of the patch centres, normalised to [0, 1]."""
+    sizes = grid_hw.repeat_interleave(counts, dim=0).float()
+    return (token_rc.float() + 0.5) / sizes

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="padt", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     from padt.datasets.convert_cli import register as register_convert
+    from padt.demo import register as register_demo
     from padt.eval_cli import register as register_eval
     from padt.predict_cli import register as register_predict
     from padt.serve import register as register_serve
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_predict(subparsers)
     register_serve(subparsers)
     register_eval(subparsers)
+    register_demo(subparsers)
     return parser
 
 

@@ -65,6 +65,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
             "llm_hidden_size": self.text_config.hidden_size,
         }
         self.decoder_config = {**derived, **(self.decoder_config or {})}
+        if self.decoder_config.get("memory_position_encoding") and self.patch_order != "raster":
+            raise ValueError("decoder_config memory_position_encoding needs patch_order='raster'")
         # The decoder adds raw pre-merger features into its memory, so it must work at the tower's width.
         if self.decoder_config["hidden_size"] != vision.hidden_size:
             raise ValueError(

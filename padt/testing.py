@@ -55,7 +55,11 @@ def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
         spatial_merge_size=2,
     )
     # At width 64 the reference's N(0, 0.02) init nearly silences the 3-layer box MLP; ~1/sqrt(64) trains fast.
-    decoder = dict(num_low_res_blocks=1, num_high_res_blocks=1, intermediate_size=128, initializer_range=0.125)
+    # Position encodings in the decoder's memory let the box head read coordinates (see PaDTDecoderConfig).
+    decoder = dict(
+        num_low_res_blocks=1, num_high_res_blocks=1, intermediate_size=128, initializer_range=0.125,
+        memory_position_encoding=settings_patch_order(overrides) == "raster",
+    )
     text.update(overrides.pop("text_config", {}))
     vision.update(overrides.pop("vision_config", {}))
     decoder.update(overrides.pop("decoder_config", {}))
@@ -71,6 +75,10 @@ def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
         vision_end_token_id=ids["vision_end"],
         **settings,
     )
+
+
+def settings_patch_order(overrides: dict[str, Any]) -> str:
+    return overrides.get("patch_order", "raster")
 
 
 _SPECIALS = {

@@ -1,0 +1,170 @@
+"""``padt demo``: synthetic scenes -> train the tiny PaDT -> evaluate on held-out scenes -> a gallery PNG.
+
+The recipe below is the whole experiment. The trained model is cached (``$PADT_DEMO_MODEL``, default
+``~/.cache/padt/demo-model``) together with the recipe it was trained with, and reused while the recipe is the
+same; ``--retrain`` trains again. ``padt predict`` and ``padt serve`` use the cached model when given no
+``--model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from padt.predict_cli import demo_model_dir
+
+#: The demo's experiment: scenes, model, training. Changing it retrains the cached model.
+RECIPE: dict[str, Any] = {
+    "scenes": {
+        "num_images": 500, "seed": 1, "image_size": [168, 168], "objects_per_image": [1, 3],
+        "object_size": [32, 80], "val_fraction": 0.2,
+    },
+    "train": {
+        "max_steps": 1500, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 5,
+    },
+}
+#: Held-out examples per row of the gallery.
+GALLERY_ROW = 3
+
+
+def default_workdir() -> Path:
+    return Path.home() / ".cache" / "padt" / "demo-data"
+
+
+def prepare_scenes(workdir: Path, recipe: dict[str, Any]) -> dict[str, Path]:
+    """Write the synthetic scenes and their records once (deterministic by seed); reuse them afterwards."""
+    from padt.datasets.convert_cli import convert_synthetic
+    from padt.datasets.records import GridSpec
+    from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+
+    data = workdir / "scenes"
+    stamp = data / "recipe.json"
+    names = ("ovd_train", "ovd_val", "rec_train", "rec_val")
+    paths = {name: data / f"records_{name.split('_')[0]}_{name.split('_')[1]}.jsonl" for name in names}
+    if stamp.is_file() and json.loads(stamp.read_text()) == recipe["scenes"] and all(p.is_file() for p in paths.values()):
+        print(f"[1/4] reusing synthetic scenes in {data}")
+        return paths
+    print(f"[1/4] drawing synthetic scenes into {data}")
+    if data.exists():
+        shutil.rmtree(data)
+    scenes = dict(recipe["scenes"])
+    num_images, seed = scenes.pop("num_images"), scenes.pop("seed")
+    grid = GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
+    paths = convert_synthetic(
+        data, num_images, seed, grid=grid, report=False, image_size=tuple(scenes["image_size"]),
+        objects_per_image=tuple(scenes["objects_per_image"]), object_size=tuple(scenes["object_size"]),
+        val_fraction=scenes["val_fraction"],
+    )
+    stamp.write_text(json.dumps(recipe["scenes"]))
+    return paths
+
+
+def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any], retrain: bool) -> Path:
+    """Train the tiny model with the recipe unless the cached one was trained with exactly this recipe."""
+    from padt.train.config import TrainConfig
+    from padt.train.loop import train
+
+    model_dir = demo_model_dir()
+    stamp = model_dir / "padt_demo_recipe.json"
+    if not retrain and stamp.is_file() and json.loads(stamp.read_text()) == recipe:
+        print(f"[2/4] reusing the demo model in {model_dir} (padt demo --retrain trains it again)")
+        return model_dir
+    print(f"[2/4] training the tiny PaDT ({recipe['train']['max_steps']} steps) ...")
+    run_dir = workdir / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = TrainConfig(
+        records=[str(scenes["rec_train"]), str(scenes["ovd_train"])], images=str(scenes["rec_train"].parent / "images"),
+        output_dir=str(run_dir), tiny=True, **recipe["train"],
+    )
+    started = time.perf_counter()
+    final = train(config)
+    print(f"      trained in {time.perf_counter() - started:.0f} s")
+    (final / stamp.name).write_text(json.dumps(recipe))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(final, model_dir)
+    return model_dir
+
+
+def evaluate_model(pipeline, scenes: dict[str, Path]) -> dict[str, float]:
+    """REC Acc@0.5, RES cIoU/gIoU and OVD AP/AP50 on the held-out scenes."""
+    from padt.datasets.records import read_jsonl
+    from padt.evaluation import evaluate
+
+    print("[3/4] evaluating on held-out scenes ...")
+    images = scenes["rec_val"].parent / "images"
+    rec = evaluate(pipeline, read_jsonl(scenes["rec_val"]), images, "rec,res").metrics
+    ovd = evaluate(pipeline, read_jsonl(scenes["ovd_val"]), images, "ovd").metrics
+    return {
+        "REC Acc@0.5": rec["rec/acc@0.5"],
+        "RES cIoU": rec["res/ciou"],
+        "RES gIoU": rec["res/giou"],
+        "OVD AP": ovd["ovd/bbox_AP"],
+        "OVD AP50": ovd["ovd/bbox_AP50"],
+    }
+
+
+def write_gallery(pipeline, scenes: dict[str, Path], out: Path) -> Path:
+    """Held-out predictions for REC, RES and OVD prompts: boxes, scores, masks and the VRT patches."""
+    from padt.datasets.records import read_jsonl
+    from padt.visualize import draw_grounding, make_gallery, save_image
+
+    print("[4/4] drawing the gallery ...")
+    images = scenes["rec_val"].parent / "images"
+    rec = read_jsonl(scenes["rec_val"])
+    ovd = read_jsonl(scenes["ovd_val"])
+    n = GALLERY_ROW
+    picks = [("REC", r, dict(show_masks=False)) for r in rec[:n]]
+    picks += [("RES", r, dict(show_boxes=False)) for r in rec[n : 2 * n]]
+    picks += [("OVD", r, {}) for r in ovd[:n]]
+    loaded = [pipeline.processor.load(images / record.image) for _, record, _ in picks]
+    outputs = pipeline.ask(loaded, [record.prompt for _, record, _ in picks])
+    tiles = []
+    for (task, record, options), image, output in zip(picks, loaded, outputs):
+        drawn = draw_grounding(image, output, geometry=pipeline.processor.geometry(image), **options)
+        tiles.append((drawn, f"{task}: {_prompt_subject(record.prompt)}"))
+    return save_image(out, make_gallery(tiles, columns=3, tile_size=288))
+
+
+def _prompt_subject(prompt: str) -> str:
+    """The quoted expression of a REC prompt or the category list of an OVD prompt, for a tile title."""
+    if ":" in prompt:
+        return prompt.split(":", 1)[1].strip().rstrip(".")
+    return prompt
+
+
+def run(args: argparse.Namespace) -> int:
+    from padt.metrics import format_table
+    from padt.pipeline import PaDTPipeline
+
+    workdir = Path(args.workdir).expanduser() if args.workdir else default_workdir()
+    recipe = json.loads(json.dumps(RECIPE))
+    if args.steps:
+        recipe["train"]["max_steps"] = args.steps
+    scenes = prepare_scenes(workdir, recipe)
+    model_dir = prepare_model(workdir, scenes, recipe, args.retrain)
+    pipeline = PaDTPipeline.from_pretrained(model_dir, max_new_tokens=64, batch_size=16)
+    metrics = evaluate_model(pipeline, scenes)
+    print(format_table(metrics))
+    (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    gallery = write_gallery(pipeline, scenes, workdir / "gallery.png")
+    print(f"gallery of held-out predictions: {gallery}")
+    print(f"metrics: {workdir / 'metrics.json'}; model: {model_dir} (padt predict / padt serve use it)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train, evaluate and show the tiny PaDT on synthetic scenes",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--workdir", help="where scenes, training run, metrics and gallery go")
+    parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
+    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    parser.set_defaults(run=run)
