@@ -86,7 +86,11 @@ class PaDTPipeline:
     def detect(self, images, categories: Sequence[str] | Sequence[Sequence[str]], **generate_kwargs: Any):
         """Open-vocabulary detection: every instance of each category name."""
         images, single = _as_list(images)
-        if categories and isinstance(categories[0], str):
+        if isinstance(categories, str):
+            raise TypeError("categories must be a list of names, not a single string")
+        if not categories:
+            raise ValueError("the category list is empty")
+        if isinstance(categories[0], str):
             categories = [list(categories)] * len(images)
         if len(categories) != len(images):
             raise ValueError(f"got {len(images)} images but {len(categories)} category lists")

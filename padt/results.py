@@ -79,7 +79,7 @@ class GroundedOutput:
         case-insensitively; objects whose label is not a category are left out. Without ``categories`` every
         object gets category id 1.
         """
-        if isinstance(categories, list):
+        if isinstance(categories, (list, tuple)):
             categories = {name: i + 1 for i, name in enumerate(categories)}
         lookup = {k.lower().strip(): v for k, v in (categories or {}).items()}
         results = []
@@ -90,12 +90,12 @@ class GroundedOutput:
                 category_id = lookup[obj.label.lower().strip()]
             else:
                 continue
-            x1, y1, x2, y2 = obj.box
+            x1, y1, x2, y2 = (float(v) for v in obj.box)
             entry: dict[str, Any] = {
                 "image_id": image_id,
                 "category_id": category_id,
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": obj.score,
+                "score": float(obj.score),
             }
             if include_masks and obj.mask is not None:
                 entry["segmentation"] = mask_to_rle(obj.mask)

@@ -30,11 +30,20 @@ class VisualPrototypes(nn.Module):
 
     def reset_parameters(self) -> None:
         # Explicit, so that the zero start never depends on which keys a checkpoint happens to lack.
-        if self.use_projection:
-            nn.init.zeros_(self.norm.weight)
-            nn.init.zeros_(self.norm.bias)
-            nn.init.normal_(self.down.weight, std=0.02)
-            nn.init.normal_(self.up.weight, std=0.02)
+        for child in self.children():
+            self.init_child(child)
+
+    def init_child(self, child: nn.Module) -> None:
+        """Initialise one child module (norm: zeros; down/up: N(0, 0.02)).
+
+        Per child because transformers' loader initialises missing weights module by module and skips modules
+        without parameters of their own (this one) for models defined outside transformers.
+        """
+        if child is self._modules.get("norm"):
+            nn.init.zeros_(child.weight)
+            nn.init.zeros_(child.bias)
+        elif child is self._modules.get("down") or child is self._modules.get("up"):
+            nn.init.normal_(child.weight, std=0.02)
 
     def forward(self, merged_features: torch.Tensor) -> torch.Tensor:
         """[N', D] merged patch features -> [N', D] prototypes."""

@@ -1,0 +1,242 @@
+"""PaDTPipeline on the tiny model: task entry points, grounding of given and generated answers, image inputs,
+input validation, mixed-size batches, save/load, and the processor/model pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from padt import GroundedObject, GroundedOutput, PaDTPipeline
+from padt.processing import PaDTProcessor
+from padt.prompts import rec_prompt
+from padt.testing import tiny_pipeline
+
+TOKENS = 12  # new tokens per generation: enough to exercise the path, cheap on CPU
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two OpenMP threads on a shared 2-core machine make tiny matmuls ~100x slower; one is plenty here.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def noise(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def pipe() -> PaDTPipeline:
+    """The tiny pipeline with its new modules moved off their start (non-zero prototypes, varied decoder outputs)."""
+    pipe = tiny_pipeline(seed=11, max_new_tokens=TOKENS)
+    gen = torch.Generator().manual_seed(0)
+    model = pipe.model
+    with torch.no_grad():
+        model.vrt_prototypes.norm.weight.copy_(1.0 + 0.5 * torch.randn(128, generator=gen))
+        for param in model.vrt_decoder.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=gen))
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    return noise(112, 168)  # 4 x 6 merged cells: 24 VRTs
+
+
+class ForceAnswer(LogitsProcessor):
+    """Makes generate write given (batch-global) ids row by row, then eos: a model that answers as we say."""
+
+    def __init__(self, scripts: list[list[int]], prompt_length: int, eos_id: int) -> None:
+        self.scripts, self.prompt_length, self.eos_id = scripts, prompt_length, eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        for row, script in enumerate(self.scripts):
+            forced[row, script[step] if step < len(script) else self.eos_id] = 0.0
+        return forced
+
+
+def forced_kwargs(pipe, images, prompts, answers, offsets):
+    """generate kwargs that make the pipeline's model write ``answers`` (local VRTs shifted by ``offsets``)."""
+    processor = pipe.processor
+    vocab = processor.vrt_id_start
+    prompt_length = processor(images, prompts)["input_ids"].shape[1]
+    scripts = [
+        [t + offset if t >= vocab else t for t in processor.encode_text(answer)]
+        for answer, offset in zip(answers, offsets)
+    ]
+    force = ForceAnswer(scripts, prompt_length, processor.eos_token_id)
+    return dict(logits_processor=LogitsProcessorList([force]), max_new_tokens=max(map(len, scripts)) + 1)
+
+
+def assert_object_in_image(obj: GroundedObject, hw: tuple[int, int]) -> None:
+    height, width = hw
+    x1, y1, x2, y2 = obj.box
+    assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+    assert 0.0 <= obj.score <= 1.0
+    assert obj.mask is not None and obj.mask.dtype == bool and obj.mask.shape == (height, width)
+
+
+# ---- tasks ------------------------------------------------------------------------------------------------
+def test_tasks_return_one_output_for_one_image_and_a_list_for_a_list(pipe, image):
+    other = noise(84, 112, 1)
+    single = [pipe.refer(image, "the red circle"), pipe.detect(image, ["circle", "square"]), pipe.caption(image)]
+    for out in single:
+        assert isinstance(out, GroundedOutput) and out.image_sizes == [(112, 168)]
+        assert isinstance(out.text, str) and isinstance(out.problems, list)
+    batched = [
+        pipe.refer([image, other], "the red circle"),
+        pipe.detect([image, other], ["circle", "square"]),
+        pipe.caption([image, other]),
+    ]
+    for out, alone in zip(batched, single):
+        assert isinstance(out, list) and len(out) == 2 and all(isinstance(o, GroundedOutput) for o in out)
+        assert out[0].image_sizes == [(112, 168)] and out[1].image_sizes == [(84, 112)]
+        assert out[0].text == alone.text  # batching (with left padding) does not change the answer
+
+
+def test_random_models_malformed_output_is_reported_not_raised(pipe, image):
+    out = pipe.refer(image, "the red circle")
+    assert out.problems, out.text  # a random model writes no well-formed answer ...
+    assert any("cut off" in p or "label" in p or "quote" in p for p in out.problems)
+    for obj in out.objects:  # ... and whatever it grounds is still well-formed
+        assert_object_in_image(obj, (112, 168))
+
+
+def test_forced_malformed_answer_gives_problems(pipe, image):
+    prompt = rec_prompt("the cat")
+    answer = 'The "cat refers to <|VRT_1|><|VRT_2|> in this image.'  # the quote never closes
+    out = pipe.refer(image, "the cat", **forced_kwargs(pipe, [image], [prompt], [answer], [0]))
+    assert out.text == answer
+    assert out.objects == [] and any("unclosed quote" in p for p in out.problems)
+
+
+# ---- grounding ----------------------------------------------------------------------------------------------
+def test_decode_answer_grounds_labelled_objects(pipe, image):
+    answer = 'In this image, there are 2 "circle" (<|VRT_0|><|VRT_1|><|VRT_7|>, <|VRT_23|>), 1 "square" (<|VRT_5|>).'
+    out = pipe.decode_answer(image, answer, prompt="Please detect circles and squares.")
+    assert out.text == answer and out.problems == []
+    assert [o.label for o in out.objects] == ["circle", "circle", "square"]
+    assert [o.patches for o in out.objects] == [[0, 1, 7], [23], [5]]
+    assert [o.image_index for o in out.objects] == [0, 0, 0]
+    for obj in out.objects:
+        assert_object_in_image(obj, (112, 168))
+    assert len({o.box for o in out.objects}) == 3  # different VRTs give different boxes
+
+
+def test_decode_answer_caption_labels_and_multi_image_patches(pipe, image):
+    second = noise(56, 84, 2)  # 2 x 3 merged cells: local VRTs 24..29 of this sample
+    answer = "A red circle (<|VRT_1|><|VRT_2|>) is next to a blue square (<|VRT_26|>)."
+    out = pipe.decode_answer([image, second], answer, prompt="Describe both images.", require_labels=False)
+    assert out.image_sizes == [(112, 168), (56, 84)]
+    assert [o.label for o in out.objects] == ["A red circle", "is next to a blue square"]
+    assert [(o.image_index, o.patches) for o in out.objects] == [(0, [1, 2]), (1, [2])]
+    assert_object_in_image(out.objects[0], (112, 168))
+    assert_object_in_image(out.objects[1], (56, 84))
+
+
+def test_answer_naming_a_missing_patch_is_an_error(pipe, image):
+    with pytest.raises(ValueError, match=r"<\|VRT_24\|> but its image\(s\) have only 24 patches"):
+        pipe.decode_answer(image, 'The "cat" refers to <|VRT_3|><|VRT_24|> in this image.')
+
+
+def test_generated_answer_is_grounded_like_the_same_answer_given(pipe, image):
+    """generate (KV cache, recorded states) -> parse -> decode equals teacher forcing of the same answer."""
+    prompt = rec_prompt("the red circle")
+    answer = 'The "the red circle" refers to <|VRT_4|><|VRT_5|><|VRT_10|><|VRT_11|><|VRT_11|> in this image.'
+    generated = pipe.refer(image, "the red circle", **forced_kwargs(pipe, [image], [prompt], [answer], [0]))
+    given = pipe.decode_answer(image, answer, prompt=prompt)
+    assert generated.text == given.text == answer and generated.problems == []
+    assert len(generated.objects) == len(given.objects) == 1
+    a, b = generated.objects[0], given.objects[0]
+    assert a.label == b.label == "the red circle" and a.patches == b.patches == [4, 5, 10, 11, 11]
+    assert np.allclose(a.box, b.box, atol=1e-3) and abs(a.score - b.score) < 1e-5
+    assert (a.mask != b.mask).mean() < 1e-3
+
+
+def test_mixed_size_batch_equals_each_image_alone(pipe, image):
+    other = noise(84, 112, 1)  # 3 x 4 merged cells; its global VRTs start after the first image's 24
+    expressions = ["the circle", "the square"]
+    answers = [
+        'The "the circle" refers to <|VRT_0|><|VRT_6|><|VRT_7|> in this image.',
+        'The "the square" refers to <|VRT_11|><|VRT_2|> in this image.',
+    ]
+    prompts = [rec_prompt(e) for e in expressions]
+    batched = pipe.refer(
+        [image, other], expressions, **forced_kwargs(pipe, [image, other], prompts, answers, [0, 24])
+    )
+    for b, (img, hw) in enumerate([(image, (112, 168)), (other, (84, 112))]):
+        alone = pipe.refer(img, expressions[b], **forced_kwargs(pipe, [img], [prompts[b]], [answers[b]], [0]))
+        together = batched[b]
+        assert together.text == alone.text == answers[b] and together.image_sizes == [hw]
+        assert [o.patches for o in together.objects] == [o.patches for o in alone.objects]
+        assert np.allclose(together.objects[0].box, alone.objects[0].box, atol=1e-3)
+        assert abs(together.objects[0].score - alone.objects[0].score) < 1e-5
+        assert (together.objects[0].mask != alone.objects[0].mask).mean() < 1e-3
+        assert_object_in_image(together.objects[0], hw)
+
+
+# ---- inputs -------------------------------------------------------------------------------------------------
+def test_images_as_path_pil_and_numpy_give_the_same_result(pipe, image, tmp_path):
+    path = tmp_path / "scene.png"
+    image.save(path)
+    answer = 'The "dot" refers to <|VRT_8|><|VRT_9|> in this image.'
+    outputs = [pipe.decode_answer(x, answer) for x in (str(path), path, image, np.asarray(image))]
+    generated = [pipe.caption(x).text for x in (path, image, np.asarray(image))]
+    assert len(set(generated)) == 1
+    first = outputs[0].objects[0]
+    for out in outputs[1:]:
+        obj = out.objects[0]
+        assert out.image_sizes == [(112, 168)]
+        assert obj.box == first.box and obj.score == first.score and np.array_equal(obj.mask, first.mask)
+
+
+def test_invalid_requests_are_value_errors(pipe, image):
+    with pytest.raises(ValueError, match="expression is empty"):
+        pipe.refer(image, "")
+    with pytest.raises(ValueError, match="expression is empty"):
+        pipe.refer([image, image], ["fine", "  "])
+    with pytest.raises(ValueError, match="category list is empty"):
+        pipe.detect(image, [])
+    with pytest.raises(ValueError, match="category list is empty"):
+        pipe.detect([image, image], [["cat"], []])
+    with pytest.raises(TypeError, match="not a single string"):
+        pipe.detect(image, "person")
+    with pytest.raises(ValueError, match="got 2 images but 1 expressions"):
+        pipe.refer([image, image], ["one"])
+    with pytest.raises(ValueError, match="got 1 images but 2 category lists"):
+        pipe.detect([image], [["cat"], ["dog"]])
+    with pytest.raises(ValueError, match="got 1 images but 2 prompts"):
+        pipe.ask([image], ["a", "b"])
+    with pytest.raises(ValueError, match="empty list of images"):
+        pipe.caption([])
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        pipe.ask([image], [""])
+
+
+# ---- save / load and pairing -----------------------------------------------------------------------------
+def test_from_pretrained_after_save_pretrained_gives_identical_results(pipe, image, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    loaded = PaDTPipeline.from_pretrained(tmp_path, max_new_tokens=TOKENS)
+    assert not loaded.model.training
+    assert loaded.processor.vrt_id_start == pipe.processor.vrt_id_start
+    assert loaded.processor.max_pixels == pipe.processor.max_pixels
+    assert loaded.refer(image, "the circle").text == pipe.refer(image, "the circle").text
+    answer = 'The "circle" refers to <|VRT_0|><|VRT_13|> in this image.'
+    ours, theirs = pipe.decode_answer(image, answer), loaded.decode_answer(image, answer)
+    assert ours.text == theirs.text
+    for a, b in zip(ours.objects, theirs.objects, strict=True):
+        assert a.box == b.box and a.score == b.score and np.array_equal(a.mask, b.mask)
+
+
+def test_processor_and_model_with_different_vocabularies_are_refused(pipe):
+    vocab = pipe.model.text_vocab_size
+    other = PaDTProcessor.from_tokenizer(pipe.processor.tokenizer, vrt_id_start=vocab + 8)
+    with pytest.raises(ValueError, match=rf"vrt_id_start \({vocab + 8}\) must equal the model's text vocabulary size"):
+        PaDTPipeline(pipe.model, other)
