@@ -1,34 +1,17 @@
-"""padt.decoders: see the package docstring of each module."""
+"""padt.decoders: the PaDT decoder (VRT states -> box, score, mask) and its attention backends."""
 
-from padt._subpackage_guard import refuse_top_level_import
+from padt._subpackage_guard import lazy_exports, refuse_top_level_import
 
 refuse_top_level_import(__name__, "decoders")
 
-from .attention import flash_attn_available
-from .config import PaDTDecoderConfig
-from .layers import RMSNorm, RotaryPE
-from .memory import (
-    DecoderMemory,
-    DecoderOutput,
-    first_subpatch_pe,
-    merge_block_token_rc,
-    raster_token_rc,
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        ".attention": ("flash_attn_available",),
+        ".config": ("PaDTDecoderConfig",),
+        ".layers": ("RMSNorm", "RotaryPE"),
+        ".memory": ("DecoderMemory", "DecoderOutput", "first_subpatch_pe", "merge_block_token_rc", "raster_token_rc"),
+        ".official_names": ("from_official_state_dict", "official_name_map", "to_official_name"),
+        ".vrt_decoder": ("PaDTDecoder",),
+    },
 )
-from .official_names import from_official_state_dict, official_name_map, to_official_name
-from .vrt_decoder import PaDTDecoder
-
-__all__ = [
-    "DecoderMemory",
-    "DecoderOutput",
-    "PaDTDecoder",
-    "PaDTDecoderConfig",
-    "RMSNorm",
-    "RotaryPE",
-    "first_subpatch_pe",
-    "flash_attn_available",
-    "from_official_state_dict",
-    "merge_block_token_rc",
-    "official_name_map",
-    "raster_token_rc",
-    "to_official_name",
-]

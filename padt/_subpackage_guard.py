@@ -10,6 +10,7 @@ or raises ``ModuleNotFoundError``.
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
 import os
@@ -32,3 +33,26 @@ def refuse_top_level_import(module_name: str, folder: str) -> None:
     # The import system returns whatever sys.modules holds under the name once this file finishes executing.
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
+
+
+def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]):
+    """PEP 562 exports for a sub-package: ``__getattr__, __dir__, __all__ = lazy_exports(__name__, {...})``.
+
+    ``exports`` maps a module (relative, e.g. ``".box"``) to the names it provides. Nothing is imported until a
+    name is used, which keeps light entry points light and means nothing more runs in an ``__init__`` after
+    :func:`refuse_top_level_import` handed the name over to another package.
+    """
+    module_of = {name: module for module, names in exports.items() for name in names}
+
+    def __getattr__(name: str):
+        module = module_of.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, package), name)
+        sys.modules[package].__dict__[name] = value  # later look-ups skip this function
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(module_of) | set(sys.modules[package].__dict__))
+
+    return __getattr__, __dir__, sorted(module_of)

@@ -49,16 +49,10 @@ def test_bare_import_from_the_repository_root_never_gives_our_folder(name):
         assert outcome["file"] is None or not Path(outcome["file"]).resolve().is_relative_to(REPO)
 
 
-HAND_OVER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="after the guard hands over, the folder's __init__ keeps running its eager relative imports "
-    "(from .box import ..., from .attention import ...), which then resolve inside the other package and fail; "
-    "datasets/ imports lazily, so it works",
-)
 
 
-@pytest.mark.parametrize("name", ["datasets", pytest.param("losses", marks=HAND_OVER_BUG),
-                                  pytest.param("decoders", marks=HAND_OVER_BUG)])
+@pytest.mark.parametrize("name", ["datasets", "losses",
+                                  "decoders"])
 def test_bare_import_hands_over_to_the_real_package_of_that_name(name, tmp_path):
     fake = tmp_path / name
     fake.mkdir()
