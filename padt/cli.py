@@ -31,8 +31,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif origin is list:
             parser.add_argument(flag, nargs="+", action="extend", default=None)
-        elif origin is dict:
+        elif origin is dict and f.name == "loss_weights":
             parser.add_argument(flag, type=_parse_weights, default=None, help="NAME=VALUE,NAME=VALUE")
+        elif origin is dict:
+            continue  # nested settings: YAML only
         else:
             kind = args[0] if args else hint
             parser.add_argument(flag, type=kind, default=None)

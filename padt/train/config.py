@@ -19,7 +19,8 @@ class TrainConfig:
     """Everything ``padt train`` needs. Field names are the YAML keys and, with ``-`` for ``_``, the flags.
 
     Starting weights: ``model`` (a PaDT or plain Qwen2.5-VL folder) or ``tiny`` (the random tiny model of
-    :func:`padt.testing.tiny_pipeline`). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
+    :func:`padt.testing.tiny_pipeline`; ``model_overrides``, YAML only, changes its configuration, e.g.
+    ``{text_config: {hidden_size: 256}}``). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
     ``batch_size * grad_accum * world_size`` samples).
     """
 
@@ -28,6 +29,7 @@ class TrainConfig:
     output_dir: str = "runs/padt"
     model: str | None = None
     tiny: bool = False
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     max_steps: int | None = None
     epochs: float | None = None
     batch_size: int = 4

@@ -47,6 +47,7 @@ class PaDTObjective(nn.Module):
                 data parallelism so every process weighs objects alike (default: this batch's count).
         """
         model = self.padt
+        self._register_external_head(model)
         inputs = batch.inputs
         vision = model.encode_images(
             inputs["pixel_values"], inputs["image_grid_thw"], inputs["image_sample"], inputs["input_ids"].shape[0]
@@ -98,6 +99,19 @@ class PaDTObjective(nn.Module):
             vrt_exclude=exclude,
             **decoder_terms,
         )
+
+
+    def _register_external_head(self, model) -> None:
+        """Under DeepSpeed ZeRO-3, have the LM head's weight gathered for this module's forward and backward.
+
+        The loss reads it directly (outside ``lm_head.forward``), where ZeRO-3 would leave it partitioned.
+        """
+        weight = model.lm_head.weight
+        if hasattr(weight, "ds_id") and not getattr(self, "_head_registered", False):
+            from deepspeed.zero import register_external_parameter
+
+            register_external_parameter(self, weight)
+            self._head_registered = True
 
 
 def _checked_masks(mask_logits: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor | None:

@@ -27,7 +27,7 @@ def load_starting_model(config: TrainConfig) -> tuple[PaDTForConditionalGenerati
     if config.tiny:
         from padt.testing import tiny_pipeline
 
-        pipe = tiny_pipeline(seed=config.seed)
+        pipe = tiny_pipeline(seed=config.seed, **config.model_overrides)
         return pipe.model.train(), pipe.processor
     folder = Path(config.model)
     config_file = folder / "config.json"
