@@ -13,6 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from _model_choice import add_model_arguments, pipeline_from_arguments  # demos/ is the script folder
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -44,9 +46,7 @@ def show(task: str, output: padt.GroundedOutput) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="model folder (default: the demo model of `make demo`)")
-    source.add_argument("--tiny", action="store_true", help="a random tiny model instead (no download, no training)")
+    add_model_arguments(parser)
     parser.add_argument("--image", help="image file (default: a drawn scene of shapes)")
     parser.add_argument("--detect", default="circle,square,triangle", help="comma-separated categories")
     parser.add_argument("--refer", default="the red circle", help="referring expression")
@@ -54,18 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
 
-    if args.tiny:
-        from padt.testing import tiny_pipeline
-
-        pipe = tiny_pipeline()
-    else:
-        from padt.predict_cli import load_pipeline
-
-        try:
-            pipe = load_pipeline(args.model)
-        except FileNotFoundError as error:
-            print(f"quickstart: {error}\n(or run with --tiny for a random model)", file=sys.stderr)
-            return 2
+    pipe = pipeline_from_arguments(args, "quickstart")
+    if pipe is None:
+        return 2
     image = np.asarray(load_image(args.image)) if args.image else drawn_scene()
     geometry = pipe.processor.geometry(image)  # where the patches the model names lie on the image
     categories = [name.strip() for name in args.detect.split(",") if name.strip()]

@@ -10,30 +10,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from _model_choice import add_model_arguments, pipeline_from_arguments  # demos/ is the script folder
+
 from padt.serve import build_app, launch_app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help="model folder (default: the demo model of `make demo`)")
-    source.add_argument("--tiny", action="store_true", help="a random tiny model (no files needed)")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
-    if args.tiny:
-        from padt.testing import tiny_pipeline
-
-        pipe = tiny_pipeline()
-    else:
-        from padt.predict_cli import load_pipeline
-
-        try:
-            pipe = load_pipeline(args.model)
-        except FileNotFoundError as error:
-            print(f"web_app: {error}\n(or run with --tiny for a random model)", file=sys.stderr)
-            return 2
+    pipe = pipeline_from_arguments(args, "web_app")
+    if pipe is None:
+        return 2
     print(f"web demo: http://{args.host}:{args.port}")
     launch_app(build_app(pipe, max_new_tokens=args.max_new_tokens), host=args.host, port=args.port)
     return 0

@@ -118,6 +118,7 @@ def test_bad_inputs_exit_2(model_dir, image_path, tmp_path, capsys):
 
 def test_quickstart_script_runs(tmp_path, monkeypatch, capsys):
     """demos/quickstart.py (the README quick start) with the tiny random model."""
+    monkeypatch.syspath_prepend(str(REPO / "demos"))  # as when run as `python demos/quickstart.py`
     script = runpy.run_path(str(REPO / "demos" / "quickstart.py"), run_name="quickstart")
     assert script["main"](["--tiny", "--out", str(tmp_path / "qs.png"), "--max-new-tokens", "4"]) == 0
     # Four tiles (input, detect, refer, caption), two per row, 320 px each.
