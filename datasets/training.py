@@ -22,6 +22,7 @@ from padt.datasets.patches import rle_to_mask, sample_vrt_patches
 from padt.datasets.records import GroundingRecord
 from padt.imaging import ImageGeometry
 from padt.prompts import render_answer
+from padt.text_boxes import check_answer_format, record_text_box_answer
 
 
 @dataclass
@@ -60,6 +61,9 @@ class GroundingDataset(Dataset):
         mask_scale: mask pixels per ViT patch side of the decoder (``2 ** mask_upscale_stages``).
         vrts_per_object, sampling: VRT sampling (see :func:`padt.datasets.patches.sample_vrt_patches`).
         seed: base seed; call :meth:`set_epoch` to draw new VRTs each epoch.
+        answer_format: ``"vrt"`` (PaDT), or ``"text-boxes"``: the answer is Qwen2.5-VL's JSON boxes in resized-image
+            pixels (:func:`padt.text_boxes.record_text_box_answer`) and there are no object targets (no VRTs, no
+            decoder terms).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class GroundingDataset(Dataset):
         vrts_per_object: int = 5,
         sampling: str = "random",
         seed: int = 0,
+        answer_format: str = "vrt",
     ) -> None:
         if not records:
             raise ValueError("the training set is empty: no records were given")
@@ -83,6 +88,7 @@ class GroundingDataset(Dataset):
         self.sampling = sampling
         self.seed = seed
         self.epoch = 0
+        self.answer_format = check_answer_format(answer_format)
         self._check_grid()
 
     def _check_grid(self) -> None:
@@ -115,6 +121,8 @@ class GroundingDataset(Dataset):
                 f"record {record.id}: image {path} is {geometry.original_hw} (h, w) but the record says "
                 f"{tuple(record.image_hw)}"
             )
+        if self.answer_format == "text-boxes":
+            return TrainingExample(image, record.prompt, record_text_box_answer(record, geometry), [], record.id)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         merged_w = geometry.merged_grid_hw[1]
         chosen = {

@@ -66,10 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     from padt.datasets.convert_cli import register as register_convert
     from padt.demo import register as register_demo
     from padt.eval_cli import register as register_eval
+    from padt.official_cli import register as register_convert_checkpoint
     from padt.predict_cli import register as register_predict
     from padt.serve import register as register_serve
 
     register_convert(subparsers)
+    register_convert_checkpoint(subparsers)
     _add_train(subparsers)
     register_predict(subparsers)
     register_serve(subparsers)

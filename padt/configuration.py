@@ -7,6 +7,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Qwen2_5_VLConfig
 
+from padt.text_boxes import ANSWER_FORMATS
 from padt.vrt_codec import PATCH_ORDERS
 
 
@@ -19,6 +20,9 @@ class PaDTConfig(Qwen2_5_VLConfig):
     Args:
         vrt_proj_rank (`int`, *optional*, defaults to 64):
             Rank of the bias-free low-rank projection in the visual prototypes ``P = n + up(down(n))``.
+        vrt_norm_eps (`float`, *optional*):
+            Epsilon of the prototypes' LayerNorm; `None` takes the text config's `rms_norm_eps`. The released
+            PaDT checkpoints use PyTorch's default 1e-5.
         use_visual_prototype_projection (`bool`, *optional*, defaults to `True`):
             When `False`, the prototypes are the raw merged patch features (the official ablation switch).
         patch_order (`str`, *optional*, defaults to `"raster"`):
@@ -29,6 +33,10 @@ class PaDTConfig(Qwen2_5_VLConfig):
         decoder_config (`dict`, *optional*):
             Settings of :class:`padt.decoders.PaDTDecoderConfig`. Sizes left out are taken from the vision tower
             (hidden size, heads, MLP width, merge size) and the language model (hidden size).
+        answer_format (`str`, *optional*, defaults to `"vrt"`):
+            How the model answers: `"vrt"` (PaDT: visual reference tokens, decoded to boxes and masks) or
+            `"text-boxes"` (the text-coordinate baseline: Qwen2.5-VL's JSON boxes, see :mod:`padt.text_boxes`).
+            A `"text-boxes"` model never emits VRTs (their logits are −inf) and its decoder is unused.
 
     Example:
 
@@ -43,10 +51,12 @@ class PaDTConfig(Qwen2_5_VLConfig):
     model_type = "padt_qwen2_5_vl"
 
     vrt_proj_rank: int = 64
+    vrt_norm_eps: float | None = None
     use_visual_prototype_projection: bool = True
     patch_order: str = "raster"
     num_vrt_per_object: int = 5
     decoder_config: dict | None = None
+    answer_format: str = "vrt"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -54,6 +64,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
             raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {self.patch_order!r}")
         if self.vrt_proj_rank < 1:
             raise ValueError(f"vrt_proj_rank must be at least 1, got {self.vrt_proj_rank}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
         if self.num_vrt_per_object < 1:
             raise ValueError(f"num_vrt_per_object must be at least 1, got {self.num_vrt_per_object}")
         vision = self.vision_config

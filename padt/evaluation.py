@@ -118,6 +118,11 @@ def evaluate(
         raise ValueError("no records to evaluate")
     _check_records(records, tasks)
     if mode == "teacher_forced":
+        if getattr(pipeline, "answer_format", "vrt") == "text-boxes":
+            raise ValueError(
+                "teacher-forced evaluation decodes ground-truth VRTs with the PaDT decoder; a text-boxes model "
+                "answers without VRTs: evaluate it in generate mode"
+            )
         _check_grid(pipeline, records)
     images_root = Path(images_root)
     # Teacher forcing feeds the reference captions themselves: caption scores would be meaningless.

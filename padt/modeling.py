@@ -18,6 +18,7 @@ The PaDT decoder (:class:`padt.decoders.PaDTDecoder`) turns VRT states into boxe
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.vrt_prototypes = VisualPrototypes(
             text.hidden_size,
             config.vrt_proj_rank,
-            eps=text.rms_norm_eps,
+            eps=config.vrt_norm_eps if config.vrt_norm_eps is not None else text.rms_norm_eps,
             use_projection=config.use_visual_prototype_projection,
         )
         self.vrt_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.decoder_config))
@@ -71,6 +72,16 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             init_decoder_module(module, decoder.config.initializer_range)
             return
         super()._init_weights(module)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
+        """transformers' ``from_pretrained``; a local folder of the official PaDT release (``config.json`` with a
+        ``vl_decoder`` dict) is translated and loaded by :func:`padt.official.load_official_model`."""
+        from padt.official import is_official_layout, load_official_model  # padt.official imports this module
+
+        if pretrained_model_name_or_path is not None and is_official_layout(pretrained_model_name_or_path):
+            return load_official_model(pretrained_model_name_or_path, *model_args, model_class=cls, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @property
     def text_vocab_size(self) -> int:
@@ -132,11 +143,15 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             grid_hw=image_grid_thw[:, 1:].to(device),
             token_rc=token_rc.to(device),
         )
+        vrt_mask = codec.logit_mask(device=device)
+        if self.config.answer_format == "text-boxes":
+            # The text-coordinate baseline answers without VRTs: it may name none (logits −inf, never targets).
+            vrt_mask = torch.zeros_like(vrt_mask)
         return VisionContext(
             codec=codec,
             image_embeds=image_embeds,
             prototypes=prototypes,
-            vrt_mask=codec.logit_mask(device=device),
+            vrt_mask=vrt_mask,
             memory=memory,
             grid_thw=image_grid_thw,
         )

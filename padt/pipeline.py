@@ -12,11 +12,13 @@ from tqdm.auto import tqdm
 
 from padt.imaging import ImageInput
 from padt.modeling import PaDTForConditionalGeneration
+from padt.official import is_official_layout, load_official_processor
 from padt.parser import ParsedAnswer, parse_answer
 from padt.postprocess import boxes_to_pixels, mask_to_pixels
 from padt.processing import PaDTProcessor
 from padt.prompts import ovd_prompt, rec_prompt, ric_prompt
 from padt.results import GroundedObject, GroundedOutput
+from padt.text_boxes import parse_text_boxes
 from padt.vision_context import VisionContext
 
 
@@ -35,6 +37,10 @@ class PaDTPipeline:
     Every method takes one image (path, PIL image or numpy array) or a list of them, and returns one
     :class:`~padt.results.GroundedOutput` or a list. Generation keyword arguments (``max_new_tokens``,
     ``do_sample``, ``temperature``, ...) pass through to ``generate``; the default is greedy decoding.
+
+    A model trained with ``answer_format="text-boxes"`` (the text-coordinate baseline, :mod:`padt.text_boxes`)
+    answers with JSON boxes instead of VRTs: its objects carry the parsed box, no patches, no mask and a score
+    of 1.0 (text boxes come with no confidence); malformed JSON is reported in ``problems``.
     """
 
     def __init__(
@@ -60,18 +66,25 @@ class PaDTPipeline:
         cls, path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> PaDTPipeline:
-        """Load model and processor from one local folder."""
+        """Load model and processor from one local folder: ours, or one of the official PaDT release
+        (see ``docs/official_checkpoints.md``)."""
         model = PaDTForConditionalGeneration.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
         if device is not None:
             model = model.to(device)
         model.eval()
-        return cls(model, PaDTProcessor.from_pretrained(path), **kwargs)
+        processor = load_official_processor(path) if is_official_layout(path) else PaDTProcessor.from_pretrained(path)
+        return cls(model, processor, **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write model (safetensors) and processor into one folder that :meth:`from_pretrained` reads."""
         Path(path).mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.processor.save_pretrained(path)
+
+    @property
+    def answer_format(self) -> str:
+        """``"vrt"`` (PaDT) or ``"text-boxes"`` (the text-coordinate baseline), from the model's configuration."""
+        return getattr(self.model.config, "answer_format", "vrt")
 
     # ---- tasks -------------------------------------------------------------------------------------------
     def refer(self, images, expressions: str | Sequence[str], **generate_kwargs: Any):
@@ -127,8 +140,13 @@ class PaDTPipeline:
     ) -> GroundedOutput:
         """Ground a given answer (with ``<|VRT_k|>`` tokens) by teacher forcing, for debugging and evaluation.
 
-        An answer naming a patch the image does not have raises ``ValueError``.
+        An answer naming a patch the image does not have raises ``ValueError``. For a text-box model the answer's
+        JSON boxes are read as they are (there is nothing to decode).
         """
+        if self.answer_format == "text-boxes":
+            images = list(image) if isinstance(image, (list, tuple)) else [image]
+            geometries = [self.processor.geometry(i) for i in images]
+            return _text_box_output(answer, geometries, truncated=False)
         batch = self.processor(
             [image], [prompt if prompt is not None else ric_prompt()], answers=[answer]
         ).to(self.model.device)
@@ -163,6 +181,8 @@ class PaDTPipeline:
         finally:
             states = vision.stop_recording()
         completions = vision.codec.to_local(sequences[:, batch["input_ids"].shape[1]:])
+        if self.answer_format == "text-boxes":
+            return [self._parse_text_boxes(row, vision.codec, batch.geometries, b) for b, row in enumerate(completions)]
         parsed = [self._parse(row, require_labels) for row in completions]
         return self._ground(vision, batch.geometries, parsed, states)
 
@@ -174,6 +194,14 @@ class PaDTPipeline:
             eos_ids=self.processor.eos_ids,
             require_labels=require_labels,
         )
+
+    def _parse_text_boxes(self, completion_ids: torch.Tensor, codec, geometries, sample: int) -> GroundedOutput:
+        ids = completion_ids.tolist()
+        eos = set(self.processor.eos_ids)
+        end = next((i for i, token in enumerate(ids) if token in eos), None)
+        text = self.processor.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+        mine = [geometries[i] for i in range(codec.num_images) if codec.image_sample[i] == sample]
+        return _text_box_output(text, mine, truncated=end is None)
 
     def _ground(self, vision: VisionContext, geometries, parsed: list[ParsedAnswer], states: torch.Tensor):
         """Decode every object of every sample in one decoder call; map results to original pixels."""
@@ -227,6 +255,18 @@ def _as_list(images) -> tuple[list, bool]:
             raise ValueError("got an empty list of images")
         return list(images), False
     return [images], True
+
+
+def _text_box_output(text: str, geometries: list, *, truncated: bool) -> GroundedOutput:
+    """A text-box answer as a GroundedOutput: boxes read against the sample's first image, score 1.0, no mask."""
+    sizes = [g.original_hw for g in geometries]
+    if not geometries:
+        return GroundedOutput(text, [], ["the sample has no image to read the boxes against"], sizes)
+    boxes, problems = parse_text_boxes(text, geometries[0], truncated=truncated)
+    if len(geometries) > 1:
+        problems.append("the sample has several images; text boxes are read against the first")
+    objects = [GroundedObject(label, [], box, 1.0, None, 0) for label, box in boxes]
+    return GroundedOutput(text, objects, problems, sizes)
 
 
 def _first_images(codec) -> list[int]:
