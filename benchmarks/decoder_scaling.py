@@ -25,6 +25,7 @@ import statistics
 import time
 
 import torch
+
 from padt.decoders import (
     DecoderMemory,
     PaDTDecoder,

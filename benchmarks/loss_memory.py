@@ -31,6 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from padt.losses import object_exclusion_pairs, robust_token_cross_entropy
 
 

@@ -20,7 +20,7 @@ absent from the answer, but stays in the prompt (it is present in the image, so 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -28,9 +28,10 @@ from tqdm import tqdm
 
 from padt.datasets.annotations import CocoIndex, annotation_object, check_image, image_hw, load_instances
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE
-from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, PathLike, placeholder
+from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, PathLike
 from padt.datasets.summary import ConversionSummary
 from padt.prompts import ovd_answer_template, ovd_prompt
+
 
 def convert_coco(
     instances_json: PathLike | CocoIndex,

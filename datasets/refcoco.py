@@ -30,7 +30,6 @@ from padt.datasets.records import GridSpec, GroundingRecord, PathLike
 from padt.datasets.summary import ConversionSummary
 from padt.prompts import rec_answer_template, rec_prompt
 
-
 _PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 
 

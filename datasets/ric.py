@@ -34,7 +34,6 @@ from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, Pa
 from padt.datasets.summary import ConversionSummary
 from padt.prompts import ric_prompt
 
-
 # One tag: optional '<', 'box_id', optional ':', then either anything up to a '>' that comes before any other
 # bracket ("closed"), or, for a tag that lost its '>', one or more ids where each id may carry junk without spaces
 # before it ('person_ann_id/'), a trailing '/' and ',' between ids: that junk cannot contain spaces, so an unclosed

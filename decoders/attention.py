@@ -114,7 +114,10 @@ def resolve_backend(attn_implementation: str, example: torch.Tensor) -> Backend:
 def sdpa_varlen(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_seqs: PackedSeqs, k_seqs: PackedSeqs
 ) -> torch.Tensor:
-    """Sequence b of ``q`` attends to sequence b of ``k``/``v``; inputs [T, heads, head_dim], output [Tq, heads, head_dim]."""
+    """Sequence b of ``q`` attends to sequence b of ``k``/``v``.
+
+    Inputs [T, heads, head_dim]; output [Tq, heads, head_dim].
+    """
     qp = q_seqs.pad(q).transpose(1, 2)  # [B, heads, Lq, head_dim]
     kp = k_seqs.pad(k).transpose(1, 2)
     vp = k_seqs.pad(v).transpose(1, 2)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class RotaryPE(NamedTuple):
     """2-D rotary embedding of a packed token sequence, as the Qwen2.5-VL vision tower builds it.
 

@@ -13,9 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from _model_choice import add_model_arguments, pipeline_from_arguments  # demos/ is the script folder
-
 import numpy as np
+from _model_choice import add_model_arguments, pipeline_from_arguments  # demos/ is the script folder
 from PIL import Image, ImageDraw
 
 import padt

@@ -47,7 +47,8 @@ def prepare_scenes(workdir: Path, recipe: dict[str, Any]) -> dict[str, Path]:
     stamp = data / "recipe.json"
     names = ("ovd_train", "ovd_val", "rec_train", "rec_val")
     paths = {name: data / f"records_{name.split('_')[0]}_{name.split('_')[1]}.jsonl" for name in names}
-    if stamp.is_file() and json.loads(stamp.read_text()) == recipe["scenes"] and all(p.is_file() for p in paths.values()):
+    reusable = stamp.is_file() and json.loads(stamp.read_text()) == recipe["scenes"]
+    if reusable and all(p.is_file() for p in paths.values()):
         print(f"[1/4] reusing synthetic scenes in {data}")
         return paths
     print(f"[1/4] drawing synthetic scenes into {data}")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 #: Qwen2.5-VL's own pixel budget (also the official PaDT default).
 DEFAULT_MIN_PIXELS = 56 * 56

@@ -8,4 +8,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the test models are tiny, and on a shared 2-core machine two OpenMP threads make their small
+# matmuls many times slower (measured ~100x on a loaded machine).
+torch.set_num_threads(1)

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from padt.text_boxes import ANSWER_FORMATS
+
 SAMPLING_MODES = ("random", "extremes", "all")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -21,7 +23,8 @@ class TrainConfig:
     Starting weights: ``model`` (a PaDT or plain Qwen2.5-VL folder) or ``tiny`` (the random tiny model of
     :func:`padt.testing.tiny_pipeline`; ``model_overrides``, YAML only, changes its configuration, e.g.
     ``{text_config: {hidden_size: 256}}``). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
-    ``batch_size * grad_accum * world_size`` samples).
+    ``batch_size * grad_accum * world_size`` samples). ``answer_format``: ``"vrt"`` (PaDT) or ``"text-boxes"`` (the
+    text-coordinate baseline: Qwen2.5-VL's JSON boxes, token cross-entropy only; see :mod:`padt.text_boxes`).
     """
 
     records: list[str] = field(default_factory=list)
@@ -48,6 +51,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    answer_format: str = "vrt"
     vrts_per_object: int = 5
     vrt_sampling: str = "random"
     decoder_warmup_steps: int | None = None
@@ -55,7 +59,6 @@ class TrainConfig:
     eval_records: str | None = None
     eval_every: int = 0
     save_every: int = 0
-    log_every: int = 1
     seed: int = 42
     resume: bool = False
 
@@ -65,6 +68,8 @@ class TrainConfig:
         problems = []
         if self.vrt_sampling not in SAMPLING_MODES:
             problems.append(f"vrt_sampling must be one of {SAMPLING_MODES}, got {self.vrt_sampling!r}")
+        if self.answer_format not in ANSWER_FORMATS:
+            problems.append(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:

@@ -49,13 +49,14 @@ def train(config: TrainConfig) -> Path:
     )
     torch.manual_seed(config.seed)
     model, processor = load_starting_model(config)
-    mask_scale = 2 ** model.config.decoder_config.get("mask_upscale_stages", 2)
+    model.config.answer_format = config.answer_format  # saved with the model: the pipeline parses accordingly
+    mask_scale = model.vrt_decoder.config.mask_subpixels
     trainable = prepare_trainable(model, config)
 
     records = [record for path in config.records for record in _read_records(path)]
     dataset = GroundingDataset(
         records, config.images, processor, mask_scale=mask_scale, vrts_per_object=config.vrts_per_object,
-        sampling=config.vrt_sampling, seed=config.seed,
+        sampling=config.vrt_sampling, seed=config.seed, answer_format=config.answer_format,
     )
     collate = GroundingCollator(processor, mask_scale)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -86,6 +87,7 @@ def train(config: TrainConfig) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
+    eval_records = _read_records(config.eval_records) if config.eval_records and config.eval_every > 0 else None
     log_path = output_dir / "metrics.jsonl"
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     objective.train()
@@ -128,6 +130,13 @@ def train(config: TrainConfig) -> Path:
             bar.update(1)
         if config.save_every and done % config.save_every == 0 and done < total_steps:
             _save(accelerator, output_dir, done, objective, optimizer, scheduler)
+        if eval_records and (done % config.eval_every == 0 or done == total_steps):
+            metrics = _evaluate(accelerator.unwrap_model(objective), processor, eval_records, config)
+            if accelerator.is_main_process:
+                with log_path.open("a") as handle:
+                    handle.write(json.dumps({"step": done, "eval": metrics}) + "\n")
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "/" in k))
+            objective.train()
     bar.close()
     accelerator.wait_for_everyone()
     final = output_dir / "final"
@@ -145,6 +154,18 @@ def _read_records(path: str):
     if not records:
         raise ValueError(f"training records file {path} holds no records")
     return records
+
+
+def _evaluate(objective: PaDTObjective, processor, records, config: TrainConfig) -> dict[str, float]:
+    """Held-out metrics of the model being trained (every process takes its share of the records)."""
+    from padt.evaluation import evaluate
+    from padt.pipeline import PaDTPipeline
+
+    model = objective.padt.eval()
+    tasks = {"rec": "rec,res" if model.vrt_decoder.config.mask_head else "rec", "ovd": "ovd",
+             "ric": "ric"}
+    pipeline = PaDTPipeline(model, processor, batch_size=config.batch_size, max_new_tokens=128)
+    return evaluate(pipeline, records, config.images, tasks[records[0].task], progress=False).metrics
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):

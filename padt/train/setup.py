@@ -21,7 +21,8 @@ def load_starting_model(config: TrainConfig) -> tuple[PaDTForConditionalGenerati
     """The model and processor training starts from.
 
     ``--tiny``: the random tiny model of :mod:`padt.testing` (seeded by ``config.seed``). ``--model DIR``: a PaDT
-    folder loads as saved; a plain Qwen2.5-VL folder gets the PaDT modules added, initialised explicitly
+    folder (ours, or a released checkpoint in the official layout) loads as saved; a plain Qwen2.5-VL folder gets
+    the PaDT modules added, initialised explicitly
     (zero-start prototypes), with a processor built from the folder's tokenizer and pixel budget.
     """
     if config.tiny:
@@ -33,6 +34,10 @@ def load_starting_model(config: TrainConfig) -> tuple[PaDTForConditionalGenerati
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"model folder {folder} has no config.json")
+    from padt.official import is_official_layout, load_official_model, load_official_processor
+
+    if is_official_layout(folder):  # a released PaDT checkpoint (transformers 4.50 layout)
+        return load_official_model(folder).train(), load_official_processor(folder)
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type == PaDTConfig.model_type:
         model = PaDTForConditionalGeneration.from_pretrained(folder)

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from padt.prompts import rec_answer_template, rec_prompt
-
 from padt.datasets.coco import convert_coco
 from padt.datasets.patches import mask_to_rle
 from padt.datasets.refcoco import (
@@ -23,6 +21,7 @@ from padt.datasets.refcoco import (
     load_refs,
     split_matches,
 )
+from padt.prompts import rec_answer_template, rec_prompt
 
 
 def sentence(text: str, sent_id: int) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import types
 
 import pytest
 import torch
+
 from padt.decoders.attention import (
     DecoderAttention,
     PackedSeqs,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from padt.decoders import PaDTDecoderConfig
 
 

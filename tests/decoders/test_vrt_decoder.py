@@ -4,6 +4,7 @@ memory shared per image, token_rc mask assembly, and the official parameter name
 import pytest
 import torch
 import torch.nn.functional as F
+
 from padt.decoders import (
     DecoderMemory,
     PaDTDecoder,
@@ -117,7 +118,10 @@ def ref_block(block, q, q0, mem, pe):
 
 
 def ref_subpixels(upscaler, x):
-    """Two stages spelled out: sub-pixel (r1*2 + r2, c1*2 + c2) holds stage-2 split (r2, c2) of stage-1 split (r1, c1)."""
+    """Two stages spelled out.
+
+    Sub-pixel (r1*2 + r2, c1*2 + c2) holds stage-2 split (r2, c2) of stage-1 split (r1, c1).
+    """
     s1, s2 = upscaler.stages
     y1 = F.gelu(s1.norm(s1.fc(x))).view(x.shape[0], 2, 2, -1)
     y2 = F.gelu(s2.fc(y1)).view(x.shape[0], 2, 2, 2, 2, -1)

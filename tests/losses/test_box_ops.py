@@ -1,6 +1,7 @@
 """Box conversions and matched-pair GIoU against hand-computed values."""
 
 import torch
+
 from padt.losses import (
     box_cxcywh_to_xyxy,
     box_xyxy_to_cxcywh,

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from padt.losses import box_loss, score_loss
 
 # cxcywh pairs whose xyxy forms are the hand-worked boxes of test_box_ops:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from padt.losses import LOSS_TERMS, PaDTCriterion, check_finite, object_exclusion_pairs
 
 V, P, D = 13, 8, 5

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from padt.losses import mask_loss, valid_from_hw
 
 L3 = math.log(3.0)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from padt.losses import answer_logits, object_exclusion_pairs, robust_token_cross_entropy
 
 V, P, D = 11, 7, 6

@@ -28,15 +28,6 @@ MERGED = ((2, 3), (3, 2), (4, 4))
 OWNERS = (0, 0, 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads on a shared 2-core machine make tiny matmuls ~100x slower; one is plenty here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def codec() -> VRTCodec:
     return VRTCodec(V, MERGED, OWNERS, num_samples=3)

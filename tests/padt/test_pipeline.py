@@ -17,15 +17,6 @@ from padt.testing import tiny_pipeline
 TOKENS = 12  # new tokens per generation: enough to exercise the path, cheap on CPU
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads on a shared 2-core machine make tiny matmuls ~100x slower; one is plenty here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def noise(h: int, w: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 

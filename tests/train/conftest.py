@@ -15,7 +15,8 @@ from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 def synthetic_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("synthetic")
     return convert_synthetic(
-        out, 12, seed=3, grid=GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS), progress=False, report=False,
+        out, 12, seed=3, grid=GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
+        progress=False, report=False,
         image_size=(112, 112), object_size=(28, 56), val_fraction=0.25,
     )
 

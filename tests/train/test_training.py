@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from padt.datasets.records import read_jsonl
+from padt.datasets.records import read_jsonl, write_jsonl
 from padt.datasets.training import GroundingCollator, GroundingDataset
 from padt.losses import PaDTCriterion
 from padt.pipeline import PaDTPipeline
@@ -152,8 +152,9 @@ def test_lora_and_frozen_vision(synthetic_records, images_dir, tmp_path: Path) -
     start = tiny_pipeline(seed=0).model.state_dict()
     trained = load_file(str(final / "model.safetensors"))
     assert not any("lora" in name for name in trained), "LoRA weights must be merged into the saved model"
-    assert torch.equal(trained["model.visual.blocks.0.attn.qkv.weight"], start["model.visual.blocks.0.attn.qkv.weight"])
-    assert not torch.equal(trained["vrt_decoder.box_head.layers.0.weight"], start["vrt_decoder.box_head.layers.0.weight"])
+    vision, box = "model.visual.blocks.0.attn.qkv.weight", "vrt_decoder.box_head.layers.0.weight"
+    assert torch.equal(trained[vision], start[vision])
+    assert not torch.equal(trained[box], start[box])
     q = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(trained[q], start[q])  # LoRA merged into the targeted projection
     PaDTPipeline.from_pretrained(final)
@@ -183,3 +184,31 @@ def test_two_process_ddp_follows_the_single_process_run(synthetic_records, image
     for step in (1, 2):
         for term in ("loss", "ce", "box_l1", "box_giou", "mask_dice"):
             assert two[step][term] == pytest.approx(one[step][term], rel=1e-4, abs=1e-6)
+
+
+def test_training_starts_from_a_released_checkpoint_layout(synthetic_records, images_dir, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "padt"))
+    try:
+        from official_fixture import write_tiny_official_checkpoint
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "official").mkdir()
+    write_tiny_official_checkpoint(tmp_path / "official")
+    config = _config(synthetic_records["rec_train"], images_dir, tmp_path / "run", max_steps=1, tiny=False,
+                     model=str(tmp_path / "official"))
+    final = train(config)
+    pipe = PaDTPipeline.from_pretrained(final)
+    assert pipe.model.config.patch_order == "official" and pipe.model.config.vrt_norm_eps == 1e-5
+
+
+def test_the_tiny_model_overfits_a_few_samples(synthetic_records, images_dir, tmp_path: Path) -> None:
+    """Four referring expressions, learnt to Acc@0.5 = 1 on themselves (scored by evaluation during training)."""
+    records = read_jsonl(synthetic_records["rec_train"])[:4]
+    four = tmp_path / "four.jsonl"
+    write_jsonl(four, records)
+    train(_config(four, images_dir, tmp_path / "run", max_steps=150, batch_size=4, lr=2e-3, schedule="constant",
+                  decoder_warmup_steps=0, eval_records=str(four), eval_every=150))
+    evaluations = [row["eval"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                   if "eval" in row]
+    assert len(evaluations) == 1
+    assert evaluations[0]["rec/acc@0.5"] == 1.0
