@@ -418,3 +418,17 @@ def _check_rle(rle: Any, where: str) -> None:
         raise RecordError(f"{where}.size", f"expected [height, width], got {size!r}")
     if not isinstance(rle.get("counts"), str):
         raise RecordError(f"{where}.counts", "expected the compressed counts as a string")
+
+
+def check_grid(records: Iterable[GroundingRecord], processor: Any) -> None:
+    """Raise ``ValueError`` naming the first record whose patches were computed for another grid than the
+    processor's (patch size, merge size, pixel budget): its patch indices would name other cells."""
+    wanted = (processor.patch_size, processor.merge_size, processor.min_pixels, processor.max_pixels)
+    for record in records:
+        got = (record.grid.patch_size, record.grid.merge_size, record.grid.min_pixels, record.grid.max_pixels)
+        if got != wanted:
+            raise ValueError(
+                f"record {record.id}: its patches were computed for grid (patch, merge, min_pixels, max_pixels) "
+                f"= {got}, but the model's processor uses {wanted}; convert the data again with "
+                f"--min-pixels {processor.min_pixels} --max-pixels {processor.max_pixels}"
+            )

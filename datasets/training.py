@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from padt.datasets.patches import rle_to_mask, sample_vrt_patches
-from padt.datasets.records import GroundingRecord
+from padt.datasets.records import GroundingRecord, check_grid
 from padt.imaging import ImageGeometry
 from padt.prompts import render_answer
 from padt.text_boxes import check_answer_format, record_text_box_answer
@@ -89,19 +89,7 @@ class GroundingDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.answer_format = check_answer_format(answer_format)
-        self._check_grid()
-
-    def _check_grid(self) -> None:
-        p = self.processor
-        wanted = (p.patch_size, p.merge_size, p.min_pixels, p.max_pixels)
-        for record in self.records:
-            got = (record.grid.patch_size, record.grid.merge_size, record.grid.min_pixels, record.grid.max_pixels)
-            if got != wanted:
-                raise ValueError(
-                    f"record {record.id}: its patches were computed for grid (patch, merge, min_pixels, max_pixels) "
-                    f"= {got}, but the model's processor uses {wanted}; convert the data again with "
-                    f"--min-pixels {p.min_pixels} --max-pixels {p.max_pixels}"
-                )
+        check_grid(records, processor)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

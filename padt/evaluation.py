@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from padt.datasets.patches import box_to_mask, box_to_rle, rle_to_mask, sample_vrt_patches
-from padt.datasets.records import GroundingObject, GroundingRecord
+from padt.datasets.records import GroundingObject, GroundingRecord, check_grid
 from padt.imaging import load_image
 from padt.metrics import COCODetectionMetric, GroundedCaptionMetric, RECAccuracy, RESIoU
 from padt.prompts import render_answer
@@ -376,18 +376,9 @@ def _check_records(records: list[GroundingRecord], tasks: tuple[str, ...]) -> No
 
 def _check_grid(pipeline: Any, records: list[GroundingRecord]) -> None:
     """Teacher forcing writes the records' patch indices into the answer: they must mean the model's cells."""
-    p = getattr(pipeline, "processor", None)
-    if p is None:
-        return
-    wanted = (p.patch_size, p.merge_size, p.min_pixels, p.max_pixels)
-    for r in records:
-        got = (r.grid.patch_size, r.grid.merge_size, r.grid.min_pixels, r.grid.max_pixels)
-        if got != wanted:
-            raise ValueError(
-                f"record {r.id}: its patches were computed for grid (patch, merge, min_pixels, max_pixels) = {got}, "
-                f"but the model's processor uses {wanted}; convert the data again with --min-pixels "
-                f"{p.min_pixels} --max-pixels {p.max_pixels}"
-            )
+    processor = getattr(pipeline, "processor", None)
+    if processor is not None:
+        check_grid(records, processor)
 
 
 def _require_caption_scorers() -> None:
