@@ -198,21 +198,11 @@ def _fmt(mean: float, sd: float | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN (no grounded object to divide by) is not JSON: null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from padt.datasets.records import read_jsonl
+    from padt.eval_cli import json_ready
     from padt.testing import tiny_pipeline
 
     temporary = args.workdir is None
@@ -300,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "constant_box_baseline": constant,
         "runs": [{k: v for k, v in r.items() if k != "example"} for r in runs],
     }
-    print(json.dumps(_json_ready(figures), allow_nan=False))
+    print(json.dumps(json_ready(figures), allow_nan=False))
     return 0
 
 

@@ -128,20 +128,20 @@ def _init_distributed(device: str) -> bool:
     return True
 
 
-def _json_ready(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """NaN (a metric with no samples) is not JSON; write it as null."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_ready(data), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_ready(data), indent=2) + "\n", encoding="utf-8")
 
 
 def _write_predictions(path: Path, result: Any, *, coco: bool) -> None:
