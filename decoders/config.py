@@ -41,6 +41,11 @@ class PaDTDecoderConfig:
             positions enter only through the rotary PE of attention scores, so attended *values* carry no
             coordinates and the box head learns to regress them slowly. On, boxes train several times faster; the
             tiny demo model uses it. Needs the raster patch order.
+        vrt_patch_features: add to each VRT query the low-res memory row of the patch that VRT names (its
+            projected prototype, plus its position encoding when ``memory_position_encoding`` is on), so that every
+            query knows where its patch is without having to find it by attention. Off in the reference (and
+            needed off for its weights), where a VRT query is the language model's state alone. On, callers must
+            pass the VRTs' patch rows to the decoder; the tiny demo model uses it.
         initializer_range: standard deviation of the normal init of every Linear and Embedding. 0.02 is the
             reference's choice for width 1280; narrow decoders learn much faster with about ``1/sqrt(width)``
             (the tiny model uses 0.125 at width 64).
@@ -59,6 +64,7 @@ class PaDTDecoderConfig:
     mask_upscale_stages: int = 2
     rms_norm_eps: float = 1e-6
     memory_position_encoding: bool = False
+    vrt_patch_features: bool = False
     initializer_range: float = 0.02
     attn_implementation: str = "sdpa"
 

@@ -219,6 +219,7 @@ class PaDTDecoder(nn.Module):
         vrt_counts: torch.Tensor,
         object_image: torch.Tensor,
         memory: DecoderMemory,
+        vrt_patches: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Decode K objects in one packed pass.
 
@@ -227,13 +228,16 @@ class PaDTDecoder(nn.Module):
             vrt_counts: LongTensor [K], n_k >= 1 VRTs per object.
             object_image: LongTensor [K], index into ``memory``'s images of each object's image.
             memory: the I images' vision features (see :class:`DecoderMemory`).
+            vrt_patches: LongTensor [sum n_k], the row of ``memory.low_res`` (images packed one after another,
+                merged cells in raster order) of the patch each VRT names. Required when
+                ``config.vrt_patch_features`` is on, ignored otherwise.
 
         Returns:
             :class:`DecoderOutput` with boxes [K, 4] (cx, cy, w, h in [0, 1] of the processed image),
             score_logits [K], mask_logits [K, max H*s, max W*s] or None, mask_hw [K, 2].
         """
         cfg = self.config
-        self._check_inputs(vrt_states, vrt_counts, object_image, memory)
+        self._check_inputs(vrt_states, vrt_counts, object_image, memory, vrt_patches)
         device, dtype = vrt_states.device, self.task_tokens.weight.dtype
         object_image = object_image.to(device=device, dtype=torch.long)
         vrt_counts = vrt_counts.to(device=device, dtype=torch.long)
@@ -242,21 +246,6 @@ class PaDTDecoder(nn.Module):
         num_obj = object_image.numel()
         if num_obj == 0:
             return self._empty_output(grid_hw, mask_hw)
-
-        # ---- queries: [box, score, mask, VRT_1..VRT_n] per object, packed ----
-        query_seqs = PackedSeqs.from_lengths(vrt_counts + NUM_TASK_TOKENS)
-        starts = query_seqs.cu_seqlens[:-1].long()
-        token_pos = (starts[:, None] + torch.arange(NUM_TASK_TOKENS, device=device)).flatten()
-        vrt_obj = torch.repeat_interleave(torch.arange(num_obj, device=device), vrt_counts)
-        vrt_rank = torch.arange(vrt_obj.numel(), device=device) - F.pad(vrt_counts.cumsum(0), (1, 0))[vrt_obj]
-        vrt_pos = starts[vrt_obj] + NUM_TASK_TOKENS + vrt_rank
-        vrt_queries = self.input_projection(vrt_states.to(dtype)) + self.vrt_embedding.weight
-        task_queries = self.task_tokens.weight.expand(num_obj, -1, -1).flatten(0, 1)
-        query = vrt_queries.new_zeros(int(query_seqs.cu_seqlens[-1]), cfg.hidden_size)
-        query = query.index_copy(0, vrt_pos, vrt_queries).index_copy(0, token_pos, task_queries)
-        query_pos = query  # the initial queries stay the positional term of every block
-
-        ctx = _QueryContext(query_pos, query_seqs, resolve_backend(cfg.attn_implementation, query))
 
         # ---- low-res memory: projected once per image; copied per object by the first memory update ----
         high_counts = grid_hw[:, 0] * grid_hw[:, 1]
@@ -267,6 +256,23 @@ class PaDTDecoder(nn.Module):
             high_yx = _normalised_centres(memory.token_rc.to(device), grid_hw, high_counts)
             low_yx = high_yx.view(-1, cfg.spatial_merge_size**2, 2).mean(dim=1)  # centre of each merge block
             mem = mem + sine_position_encoding(low_yx, cfg.hidden_size).to(dtype)
+
+        # ---- queries: [box, score, mask, VRT_1..VRT_n] per object, packed ----
+        query_seqs = PackedSeqs.from_lengths(vrt_counts + NUM_TASK_TOKENS)
+        starts = query_seqs.cu_seqlens[:-1].long()
+        token_pos = (starts[:, None] + torch.arange(NUM_TASK_TOKENS, device=device)).flatten()
+        vrt_obj = torch.repeat_interleave(torch.arange(num_obj, device=device), vrt_counts)
+        vrt_rank = torch.arange(vrt_obj.numel(), device=device) - F.pad(vrt_counts.cumsum(0), (1, 0))[vrt_obj]
+        vrt_pos = starts[vrt_obj] + NUM_TASK_TOKENS + vrt_rank
+        vrt_queries = self.input_projection(vrt_states.to(dtype)) + self.vrt_embedding.weight
+        if cfg.vrt_patch_features:
+            vrt_queries = vrt_queries + mem.index_select(0, vrt_patches.to(device=device, dtype=torch.long))
+        task_queries = self.task_tokens.weight.expand(num_obj, -1, -1).flatten(0, 1)
+        query = vrt_queries.new_zeros(int(query_seqs.cu_seqlens[-1]), cfg.hidden_size)
+        query = query.index_copy(0, vrt_pos, vrt_queries).index_copy(0, token_pos, task_queries)
+        query_pos = query  # the initial queries stay the positional term of every block
+
+        ctx = _QueryContext(query_pos, query_seqs, resolve_backend(cfg.attn_implementation, query))
         query, mem, per_image = self._run_blocks(self.low_res_blocks, query, mem, True, low, ctx)
 
         # ---- high-res memory: each low-res row broadcast to its m*m patches + raw pre-merger features ----
@@ -361,6 +367,7 @@ class PaDTDecoder(nn.Module):
         vrt_counts: torch.Tensor,
         object_image: torch.Tensor,
         memory: DecoderMemory,
+        vrt_patches: torch.Tensor | None,
     ) -> None:
         cfg = self.config
         if vrt_states.ndim != 2 or vrt_states.shape[1] != cfg.llm_hidden_size:
@@ -371,6 +378,17 @@ class PaDTDecoder(nn.Module):
                 f"{tuple(object_image.shape)}"
             )
         memory.validate(cfg.spatial_merge_size, cfg.head_dim, cfg.hidden_size, cfg.llm_hidden_size)
+        if cfg.vrt_patch_features:
+            if vrt_patches is None:
+                raise ValueError("this decoder has vrt_patch_features on: pass vrt_patches (the patch row of each VRT)")
+            if vrt_patches.shape != (vrt_states.shape[0],):
+                raise ValueError(
+                    f"vrt_patches must be [{vrt_states.shape[0]}] (one row per VRT state), "
+                    f"got {tuple(vrt_patches.shape)}"
+                )
+            rows = memory.low_res.shape[0]
+            if vrt_patches.numel() and not 0 <= int(vrt_patches.min()) <= int(vrt_patches.max()) < rows:
+                raise ValueError(f"vrt_patches must index the {rows} rows of memory.low_res")
         if vrt_counts.numel() == 0:
             if vrt_states.shape[0] != 0:
                 raise ValueError(f"no objects but {vrt_states.shape[0]} VRT states")

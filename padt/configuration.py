@@ -25,6 +25,12 @@ class PaDTConfig(Qwen2_5_VLConfig):
             PaDT checkpoints use PyTorch's default 1e-5.
         use_visual_prototype_projection (`bool`, *optional*, defaults to `True`):
             When `False`, the prototypes are the raw merged patch features (the official ablation switch).
+        prototype_position_encoding (`bool`, *optional*, defaults to `False`):
+            Add a fixed 2-D sinusoidal code of each merged cell's normalised centre to the merged features before
+            the prototypes' LayerNorm. Qwen2.5-VL's vision tower has only rotary (relative) positions, so
+            two patches that look alike get near-identical prototypes and `h·Pᵀ` cannot tell "the leftmost circle"
+            from another circle by content; with the code it can. Off in the reference (and needed off for its
+            weights); the tiny demo model uses it. Prototypes still start at zero (the LayerNorm does).
         patch_order (`str`, *optional*, defaults to `"raster"`):
             How the decoder consumes high-resolution patches: `"raster"` (true positions; for training) or
             `"official"` (window order placed as raster, to reproduce the released PaDT checkpoints).
@@ -53,6 +59,7 @@ class PaDTConfig(Qwen2_5_VLConfig):
     vrt_proj_rank: int = 64
     vrt_norm_eps: float | None = None
     use_visual_prototype_projection: bool = True
+    prototype_position_encoding: bool = False
     patch_order: str = "raster"
     num_vrt_per_object: int = 5
     decoder_config: dict | None = None
@@ -68,6 +75,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
         if self.num_vrt_per_object < 1:
             raise ValueError(f"num_vrt_per_object must be at least 1, got {self.num_vrt_per_object}")
+        if self.prototype_position_encoding and not self.use_visual_prototype_projection:
+            raise ValueError("prototype_position_encoding needs use_visual_prototype_projection=True")
         vision = self.vision_config
         derived = {
             "hidden_size": vision.hidden_size,

@@ -32,8 +32,9 @@ from transformers.vision_utils import get_vision_position_ids
 from padt.configuration import PaDTConfig
 from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
+from padt.decoders.layers import sine_position_encoding
 from padt.vision_context import VisionContext, VisualPrototypes
-from padt.vrt_codec import VRTCodec, high_res_layout, window_order
+from padt.vrt_codec import VRTCodec, high_res_layout, merged_cell_centres, window_order
 
 
 class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
@@ -134,7 +135,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         # decoder does; in "official" order this is the window-ordered PE, reproducing its pairing).
         low_pe = tuple(pe.view(-1, unit, pe.shape[-1])[:, 0] for pe in high_pe)
 
-        prototypes = self.vrt_prototypes(image_embeds)
+        cell_encoding = None
+        if self.config.prototype_position_encoding:
+            cell_encoding = sine_position_encoding(merged_cell_centres(codec.merged_hw, device), image_embeds.shape[-1])
+        prototypes = self.vrt_prototypes(image_embeds, cell_encoding)
         memory = DecoderMemory(
             low_res=prototypes,
             low_pe=low_pe,
@@ -331,6 +335,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         vrt_states: torch.Tensor,
         vrt_counts: torch.Tensor,
         object_image: torch.Tensor,
+        vrt_index: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Boxes, scores and masks of K objects, all in one decoder call.
 
@@ -339,11 +344,13 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vrt_states: [ΣQ, D] the last-layer states that predicted each object's VRTs, object after object.
             vrt_counts: [K] VRTs per object.
             object_image: [K] image index (into the batch's images) of each object.
+            vrt_index: [ΣQ] global VRT index (without V; a row of ``vision.prototypes``) of each VRT. Needed by
+                decoders with ``vrt_patch_features`` on; ignored by the others.
 
         Returns the decoder's output: boxes [K, 4] as (cx, cy, w, h) normalised to the image, score logits
         [K], mask logits [K, H·s, W·s] on the ViT patch grid (s sub-pixels per patch) with valid sizes.
         """
-        return self.vrt_decoder(vrt_states, vrt_counts, object_image, vision.memory)
+        return self.vrt_decoder(vrt_states, vrt_counts, object_image, vision.memory, vrt_patches=vrt_index)
 
 
 def _repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:

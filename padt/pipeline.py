@@ -206,11 +206,13 @@ class PaDTPipeline:
     def _ground(self, vision: VisionContext, geometries, parsed: list[ParsedAnswer], states: torch.Tensor):
         """Decode every object of every sample in one decoder call; map results to original pixels."""
         codec = vision.codec
-        picked, counts, object_image, owners = [], [], [], []
+        picked, counts, object_image, owners, vrt_index = [], [], [], [], []
+        spans = codec.sample_spans()
         for b, answer in enumerate(parsed):
             for obj in answer.objects:
                 positions = torch.tensor(obj.positions, device=states.device)
                 picked.append(states[b, positions])
+                vrt_index += [spans[b][0] + p for p in obj.patches]
                 counts.append(len(obj.positions))
                 image, _ = codec.local_to_image_patch(b, obj.patches[0])
                 object_image.append(image)
@@ -226,6 +228,7 @@ class PaDTPipeline:
             torch.cat(picked),
             torch.tensor(counts, device=device),
             torch.tensor(object_image, device=device),
+            torch.tensor(vrt_index, device=device),
         )
         scores = decoded.score_logits.float().sigmoid().tolist()
         first_image_of_sample = _first_images(codec)

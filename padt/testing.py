@@ -58,12 +58,12 @@ def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
     # Position encodings in the decoder's memory let the box head read coordinates (see PaDTDecoderConfig).
     decoder = dict(
         num_low_res_blocks=1, num_high_res_blocks=1, intermediate_size=128, initializer_range=0.125,
-        memory_position_encoding=settings_patch_order(overrides) == "raster",
+        memory_position_encoding=settings_patch_order(overrides) == "raster", vrt_patch_features=True,
     )
     text.update(overrides.pop("text_config", {}))
     vision.update(overrides.pop("vision_config", {}))
     decoder.update(overrides.pop("decoder_config", {}))
-    settings = dict(vrt_proj_rank=16, tie_word_embeddings=True)
+    settings = dict(vrt_proj_rank=16, tie_word_embeddings=True, prototype_position_encoding=True)
     settings.update(overrides)
     return PaDTConfig(
         text_config=text,

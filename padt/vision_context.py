@@ -17,6 +17,8 @@ class VisualPrototypes(nn.Module):
     The LayerNorm's weight and bias start at zero, so every prototype is 0 at initialisation and VRTs start
     neutral (PADT_REFERENCE §1.3); ``down``/``up`` are a bias-free rank-``rank`` pair. With
     ``use_projection=False`` the prototypes are the raw merged features (the paper's "without f_vp").
+    A position code, when given (ours; see ``PaDTConfig.prototype_position_encoding``), is added to the merged
+    features before the LayerNorm, so prototypes still start at zero.
     """
 
     def __init__(self, hidden_size: int, rank: int, eps: float = 1e-6, use_projection: bool = True) -> None:
@@ -45,10 +47,12 @@ class VisualPrototypes(nn.Module):
         elif child is self._modules.get("down") or child is self._modules.get("up"):
             nn.init.normal_(child.weight, std=0.02)
 
-    def forward(self, merged_features: torch.Tensor) -> torch.Tensor:
-        """[N', D] merged patch features -> [N', D] prototypes."""
+    def forward(self, merged_features: torch.Tensor, position_code: torch.Tensor | None = None) -> torch.Tensor:
+        """[N', D] merged patch features (plus an optional [N', D] position code) -> [N', D] prototypes."""
         if not self.use_projection:
             return merged_features
+        if position_code is not None:
+            merged_features = merged_features + position_code.to(merged_features.dtype)
         normed = self.norm(merged_features)
         return normed + self.up(self.down(normed))
 

@@ -168,6 +168,18 @@ class VRTCodec:
         return image, row * self.merged_hw[image][1] + col
 
 
+def merged_cell_centres(merged_hw, device: torch.device | str | None = None) -> torch.Tensor:
+    """(y, x) centre of every merged cell, normalised to [0, 1] by its image's grid: [ΣH'·W', 2].
+
+    Images one after another, cells in raster order (the order of VRTs and prototypes).
+    """
+    parts = []
+    for h, w in merged_hw:
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        parts.append(torch.stack(((rows.flatten() + 0.5) / h, (cols.flatten() + 0.5) / w), dim=-1))
+    return torch.cat(parts).to(device) if parts else torch.zeros(0, 2, device=device)
+
+
 def patch_to_rc(patch: int | torch.Tensor, merged_w: int):
     """Raster patch index on the merged grid to (row, col)."""
     return patch // merged_w, patch % merged_w

@@ -68,8 +68,9 @@ class PaDTObjective(nn.Module):
         decoder_terms = {}
         if batch.num_objects:
             vrt_sample = batch.object_sample.repeat_interleave(batch.vrt_counts)
+            vrt_index = batch.vrt_local + starts[vrt_sample]
             if use_gt_prototypes:
-                states = vision.prototypes[batch.vrt_local + starts[vrt_sample]]
+                states = vision.prototypes[vrt_index]
             else:
                 # The state that predicted the VRT at position p is the state at p - 1.
                 states = hidden[vrt_sample, batch.vrt_positions - 1]
@@ -79,7 +80,7 @@ class PaDTObjective(nn.Module):
                  zip(batch.object_sample.tolist(), batch.vrt_local[first_vrt].tolist())],
                 device=input_ids.device,
             )
-            decoded = model.decode_objects(vision, states, batch.vrt_counts, object_image)
+            decoded = model.decode_objects(vision, states, batch.vrt_counts, object_image, vrt_index)
             decoder_terms = dict(
                 pred_boxes=decoded.boxes,
                 gt_boxes=batch.boxes,

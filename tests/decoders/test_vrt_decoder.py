@@ -135,14 +135,17 @@ def ref_subpixels(upscaler, x):
 
 
 @torch.no_grad()
-def reference_decode(dec, states, counts, images, memory):
+def reference_decode(dec, states, counts, images, memory, patches=None):
     cfg, m = dec.config, dec.config.spatial_merge_size
     boxes, scores, masks = [], [], []
     offset = 0
+    low_counts = (memory.grid_hw[:, 0] * memory.grid_hw[:, 1] // m**2).tolist()
     for n, i in zip(counts.tolist(), images.tolist()):
         mi = image_memory(memory, i, m)
         h, w = mi.grid_hw[0].tolist()
         vrt = dec.input_projection(states[offset : offset + n]) + dec.vrt_embedding.weight
+        if patches is not None:  # vrt_patch_features: + the projected low-res row of each VRT's patch
+            vrt = vrt + dec.input_projection(mi.low_res)[patches[offset : offset + n] - sum(low_counts[:i])]
         offset += n
         q0 = torch.cat((dec.task_tokens.weight, vrt))
         q, mem = q0, dec.input_projection(mi.low_res)
@@ -220,6 +223,46 @@ def test_matches_per_object_plain_math_reference(overrides):
     torch.testing.assert_close(out.score_logits, scores, atol=1e-5, rtol=1e-4)
     for got, want, (mh, mw) in zip(out.mask_logits, masks, out.mask_hw.tolist()):
         torch.testing.assert_close(got[:mh, :mw], want, atol=1e-4, rtol=1e-4)
+
+
+def named_patches(seed=5):
+    """A random patch of its object's image for every VRT of ``objects``: rows of the packed ``low_res``."""
+    gen = torch.Generator().manual_seed(seed)
+    low = [h * w // 4 for h, w in GRIDS]
+    return torch.cat([sum(low[:i]) + torch.randint(low[i], (n,), generator=gen) for n, i in zip(COUNTS, IMAGES)])
+
+
+def test_vrt_patch_features_add_each_named_patch_to_its_query():
+    cfg = tiny_config(vrt_patch_features=True)
+    dec, memory = make_decoder(cfg), make_memory(GRIDS, cfg)
+    states, counts, images = objects(cfg)
+    patches = named_patches()
+    with torch.no_grad():
+        out = dec(states, counts, images, memory, vrt_patches=patches)
+        other = dec(states, counts, images, memory, vrt_patches=named_patches(seed=6))
+    boxes, scores, masks = reference_decode(dec, states, counts, images, memory, patches)
+    torch.testing.assert_close(out.boxes, boxes, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.score_logits, scores, atol=1e-5, rtol=1e-4)
+    for got, want, (mh, mw) in zip(out.mask_logits, masks, out.mask_hw.tolist()):
+        torch.testing.assert_close(got[:mh, :mw], want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(out.boxes, other.boxes)  # the named patches matter
+
+
+def test_vrt_patch_features_need_valid_patch_rows():
+    cfg = tiny_config(vrt_patch_features=True)
+    dec, memory = make_decoder(cfg), make_memory(GRIDS, cfg)
+    states, counts, images = objects(cfg)
+    with pytest.raises(ValueError, match="pass vrt_patches"):
+        dec(states, counts, images, memory)
+    with pytest.raises(ValueError, match=r"vrt_patches must be \[11\]"):
+        dec(states, counts, images, memory, vrt_patches=named_patches()[:-1])
+    with pytest.raises(ValueError, match="must index the 9 rows"):
+        dec(states, counts, images, memory, vrt_patches=named_patches() + 9)
+    # Without the option the rows are not needed, and ignored when given.
+    plain = make_decoder(tiny_config())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(states, counts, images, memory).boxes,
+                                   plain(states, counts, images, memory, vrt_patches=named_patches()).boxes)
 
 
 def test_batched_equals_each_object_alone():

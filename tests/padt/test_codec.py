@@ -258,3 +258,14 @@ def test_rotary_pe_follows_the_high_res_tokens(towers):
         # low-res rows take the PE of the first of their 2x2 high-res rows
         assert torch.equal(memory.low_pe.cos, memory.high_pe.cos[::4])
         assert torch.equal(memory.low_pe.sin, memory.high_pe.sin[::4])
+
+
+def test_merged_cell_centres_are_normalised_raster_centres():
+    from padt.vrt_codec import merged_cell_centres
+
+    centres = merged_cell_centres([(2, 3), (1, 1)])
+    assert centres.shape == (7, 2)
+    torch.testing.assert_close(centres[:3], torch.tensor([[0.25, 1 / 6], [0.25, 0.5], [0.25, 5 / 6]]))
+    torch.testing.assert_close(centres[5], torch.tensor([0.75, 5 / 6]))
+    torch.testing.assert_close(centres[6], torch.tensor([0.5, 0.5]))
+    assert merged_cell_centres([]).shape == (0, 2)

@@ -77,13 +77,14 @@ def teacher_forced(model, processor, images, prompts, answers, padding_side="lef
 def decode_answer_objects(model, vision, ids, states, answer_mask):
     """One object per sample: its VRTs are the answer's VRT tokens, predicted by the states one position earlier."""
     vocab = model.text_vocab_size
-    picked, counts = [], []
+    picked, counts, index = [], [], []
     for b in range(ids.shape[0]):
         positions = ((ids[b] >= vocab) & answer_mask[b]).nonzero().flatten()
         picked.append(states[b, positions - 1])
         counts.append(len(positions))
+        index.append(ids[b, positions] - vocab)  # global ids: rows of the batch's prototypes
     object_image = torch.arange(ids.shape[0])  # one image per sample here
-    return model.decode_objects(vision, torch.cat(picked), torch.tensor(counts), object_image)
+    return model.decode_objects(vision, torch.cat(picked), torch.tensor(counts), object_image, torch.cat(index))
 
 
 def generate(model, processor, images, prompts, **kwargs):
@@ -183,6 +184,27 @@ def test_prototypes_start_at_exactly_zero(images):
     assert vision.prototypes.shape == (24, 128)
     assert torch.equal(vision.prototypes, torch.zeros_like(vision.prototypes))
     assert vision.image_embeds.abs().max() > 0  # the image-pad tokens still get the raw merged features
+
+
+def test_prototype_position_encoding_tells_alike_patches_apart(pipe, images):
+    """The tiny model adds a sine code of each merged cell's centre before the prototypes' LayerNorm."""
+    from padt.decoders.layers import sine_position_encoding
+    from padt.vrt_codec import merged_cell_centres
+
+    model, processor = pipe.model, pipe.processor
+    assert model.config.prototype_position_encoding
+    batch = processor(images, PROMPTS)
+    with torch.no_grad():
+        vision = encode(model, batch, 2)
+        centres = merged_cell_centres(vision.codec.merged_hw)
+        expected = model.vrt_prototypes(vision.image_embeds, sine_position_encoding(centres, 128))
+        torch.testing.assert_close(vision.prototypes, expected)
+        same = vision.image_embeds[:1].expand(2, -1)  # one patch's features at two cells
+        apart = model.vrt_prototypes(same, sine_position_encoding(centres[:2], 128))
+        alike = model.vrt_prototypes(same)
+    assert not torch.allclose(apart[0], apart[1]) and torch.equal(alike[0], alike[1])
+    with pytest.raises(ValueError, match="needs use_visual_prototype_projection"):
+        type(model.config)(prototype_position_encoding=True, use_visual_prototype_projection=False)
 
 
 def test_vrt_ids_are_embedded_from_the_prototypes(pipe, images):
@@ -355,8 +377,10 @@ def test_sampling_only_names_each_samples_own_patches(pipe, images):
     model, processor = pipe.model, pipe.processor
     vocab = model.text_vocab_size
     torch.manual_seed(0)
+    # The perturbed prototypes (position codes included) give large VRT logits; a high temperature lets the
+    # sample hold text tokens too.
     batch, vision, sequences, states = generate(
-        model, processor, images, PROMPTS, max_new_tokens=24, do_sample=True, temperature=3.0, top_k=0, top_p=1.0
+        model, processor, images, PROMPTS, max_new_tokens=24, do_sample=True, temperature=10.0, top_k=0, top_p=1.0
     )
     generated = sequences[:, batch["input_ids"].shape[1]:]
     vrts = generated[generated >= vocab]
