@@ -1,8 +1,9 @@
-"""``padt demo``: synthetic scenes -> train the tiny PaDT -> evaluate on held-out scenes -> a gallery PNG.
+"""``padt demo``: synthetic scenes -> the tiny PaDT (shipped, or trained again) -> held-out scores -> a gallery PNG.
 
-The recipe below is the whole experiment. The trained model is cached (``$PADT_DEMO_MODEL``, default
-``~/.cache/padt/demo-model``) together with the recipe it was trained with, and reused while the recipe is the
-same; ``--retrain`` trains again. ``padt predict`` and ``padt serve`` use the cached model when given no
+The recipe below is the whole experiment. padt ships the model it produces (``padt/demo_model``: safetensors,
+about 4 MB, with the recipe it was trained with), so ``padt demo`` needs no training; ``padt demo --retrain``
+trains it again from scratch with the same recipe and writes it to ``$PADT_DEMO_MODEL`` (default
+``~/.cache/padt/demo-model``). ``padt predict`` and ``padt serve`` use :func:`demo_model_dir` when given no
 ``--model``.
 """
 
@@ -10,27 +11,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from padt.predict_cli import demo_model_dir
-
-#: The demo's experiment: scenes, model, training. Changing it retrains the cached model.
+#: The demo's experiment: scenes, model, training. The shipped model was trained with exactly this; change it and
+#: ``padt demo`` refuses the shipped model until ``--retrain`` produces one for the new recipe.
 RECIPE: dict[str, Any] = {
     "scenes": {
-        "num_images": 500, "seed": 1, "image_size": [168, 168], "objects_per_image": [1, 3],
+        "num_images": 2000, "seed": 1, "image_size": [168, 168], "objects_per_image": [1, 3],
         "object_size": [32, 80], "val_fraction": 0.2,
     },
     "train": {
-        "max_steps": 1500, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 5,
+        "max_steps": 10000, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 5,
+        "model_overrides": {"text_config": {"num_hidden_layers": 4}},
     },
 }
+#: The model trained with :data:`RECIPE`, shipped inside the package.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "demo_model"
+#: Next to the weights: the recipe they were trained with.
+RECIPE_FILE = "padt_demo_recipe.json"
+#: Environment variable naming where ``--retrain`` writes (and ``padt predict`` / ``padt serve`` read) the model.
+DEMO_MODEL_ENV = "PADT_DEMO_MODEL"
 #: Held-out examples per row of the gallery.
 GALLERY_ROW = 3
 #: Held-out records scored (the first ones of each split): enough for stable figures, quick on a laptop CPU.
-EVAL_LIMITS = {"rec": 200, "ovd": 60}
+EVAL_LIMITS = {"rec": 400, "ovd": 100}
 
 
 def default_workdir() -> Path:
@@ -66,16 +74,45 @@ def prepare_scenes(workdir: Path, recipe: dict[str, Any]) -> dict[str, Path]:
     return paths
 
 
+def retrained_model_dir() -> Path:
+    """Where ``padt demo --retrain`` writes its model: ``$PADT_DEMO_MODEL``, else ``~/.cache/padt/demo-model``."""
+    override = os.environ.get(DEMO_MODEL_ENV)
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "padt" / "demo-model"
+
+
+def demo_model_dir() -> Path:
+    """The demo model that ``padt predict`` / ``padt serve`` use without ``--model``.
+
+    ``$PADT_DEMO_MODEL`` when set (whether or not it exists yet); else the model ``padt demo --retrain`` wrote to
+    ``~/.cache/padt/demo-model`` if it was trained with the current :data:`RECIPE`; else the shipped model.
+    """
+    if os.environ.get(DEMO_MODEL_ENV):
+        return retrained_model_dir()
+    cached = retrained_model_dir()
+    return cached if model_recipe(cached) == RECIPE else SHIPPED_MODEL
+
+
+def model_recipe(model_dir: Path) -> dict[str, Any] | None:
+    """The recipe stored next to a demo model, or None when there is none (not a demo model, or missing)."""
+    path = Path(model_dir) / RECIPE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any], retrain: bool) -> Path:
-    """Train the tiny model with the recipe unless the cached one was trained with exactly this recipe."""
+    """The shipped model (which must have been trained with ``recipe``), or a new one trained with ``recipe``."""
+    if not retrain:
+        if model_recipe(SHIPPED_MODEL) != recipe:
+            raise ValueError(
+                f"the shipped demo model ({SHIPPED_MODEL}) was not trained with this recipe: run "
+                "`padt demo --retrain` to train one that is"
+            )
+        print(f"[2/4] using the shipped demo model ({SHIPPED_MODEL}), trained with this recipe "
+              "(`padt demo --retrain` trains it again)")
+        return SHIPPED_MODEL
+
     from padt.train.config import TrainConfig
     from padt.train.loop import train
 
-    model_dir = demo_model_dir()
-    stamp = model_dir / "padt_demo_recipe.json"
-    if not retrain and stamp.is_file() and json.loads(stamp.read_text()) == recipe:
-        print(f"[2/4] reusing the demo model in {model_dir} (padt demo --retrain trains it again)")
-        return model_dir
     print(f"[2/4] training the tiny PaDT ({recipe['train']['max_steps']} steps) ...")
     run_dir = workdir / "run"
     if run_dir.exists():
@@ -87,7 +124,8 @@ def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any]
     started = time.perf_counter()
     final = train(config)
     print(f"      trained in {time.perf_counter() - started:.0f} s")
-    (final / stamp.name).write_text(json.dumps(recipe))
+    (final / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    model_dir = retrained_model_dir()
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -158,10 +196,12 @@ def run(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir).expanduser() if args.workdir else default_workdir()
     recipe = json.loads(json.dumps(RECIPE))
-    if args.steps:
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
         recipe["train"]["max_steps"] = args.steps
     scenes = prepare_scenes(workdir, recipe)
-    model_dir = prepare_model(workdir, scenes, recipe, args.retrain)
+    model_dir = prepare_model(workdir, scenes, recipe, args.retrain or args.steps is not None)
     pipeline = PaDTPipeline.from_pretrained(model_dir, max_new_tokens=64, batch_size=16)
     metrics = evaluate_model(pipeline, scenes)
     print(format_table(metrics))
@@ -178,6 +218,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.splitlines()[0],
     )
     parser.add_argument("--workdir", help="where scenes, training run, metrics and gallery go")
-    parser.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
-    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train the model again with the recipe instead of using the shipped one")
+    parser.add_argument("--steps", type=int, help="train (implies --retrain) for this many steps, not the recipe's")
     parser.set_defaults(run=run)

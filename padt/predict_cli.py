@@ -6,8 +6,8 @@ padt predict --model runs/padt-tiny --image shapes.png --refer "the red circle"
 padt predict --image shapes.png --caption --heatmaps steps.png
 ```
 
-Without ``--model`` the demo's tiny model is used from :func:`demo_model_dir` (``~/.cache/padt/demo-model``,
-or ``$PADT_DEMO_MODEL``), which ``make demo`` / ``padt demo`` create.
+Without ``--model`` the demo's tiny model is used (:func:`padt.demo.demo_model_dir`: ``$PADT_DEMO_MODEL`` if
+set, else the one ``padt demo --retrain`` trained, else the one shipped with padt).
 """
 
 from __future__ import annotations
@@ -25,17 +25,12 @@ if TYPE_CHECKING:
     from padt.results import GroundedOutput
 
 TASKS = ("refer", "detect", "caption")
-DEMO_MODEL_ENV = "PADT_DEMO_MODEL"
-
-
-def demo_model_dir() -> Path:
-    """Where ``padt demo`` keeps its tiny model: ``$PADT_DEMO_MODEL``, else ``~/.cache/padt/demo-model``."""
-    override = os.environ.get(DEMO_MODEL_ENV)
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "padt" / "demo-model"
 
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """The model folder to load: ``model`` if given, else the demo model; ``FileNotFoundError`` if it is missing."""
+    from padt.demo import DEMO_MODEL_ENV, demo_model_dir
+
     if model is not None:
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
@@ -45,8 +40,9 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     path = demo_model_dir()
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"no --model given and the demo model is not at {path}: run `make demo` (or `padt demo`) first to "
-            f"create it, set {DEMO_MODEL_ENV}=FOLDER, or pass --model FOLDER"
+            f"no --model given and the demo model is not at {path} ({DEMO_MODEL_ENV}): run `padt demo --retrain` "
+            f"to train it there, unset {DEMO_MODEL_ENV} to use the model shipped with padt (the one `make demo` "
+            "shows), or pass --model FOLDER"
         )
     return path
 

@@ -141,6 +141,8 @@ def test_built_wheel_contains_only_the_padt_package(tmp_path):
     assert {n.split("/")[0] for n in names} == {"padt", info}
     for name in FOLDERS:
         assert f"padt/{name}/__init__.py" in names
+    for shipped in ("model.safetensors", "config.json", "tokenizer.json", "padt_demo_recipe.json"):
+        assert f"padt/demo_model/{shipped}" in names  # the demo model travels with the package
     assert "padt = padt.cli:main" in entry_points
 
 

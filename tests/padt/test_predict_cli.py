@@ -104,7 +104,7 @@ def test_missing_demo_model_tells_how_to_make_it(image_path, tmp_path, capsys, m
     monkeypatch.setenv("PADT_DEMO_MODEL", str(tmp_path / "demo-model"))
     assert main(["predict", "--image", str(image_path), "--caption"]) == 2
     err = capsys.readouterr().err
-    assert str(tmp_path / "demo-model") in err and "make demo" in err and "--model" in err
+    assert str(tmp_path / "demo-model") in err and "padt demo --retrain" in err and "--model" in err
 
 
 def test_bad_inputs_exit_2(model_dir, image_path, tmp_path, capsys):

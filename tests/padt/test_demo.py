@@ -1,0 +1,91 @@
+"""``padt demo``: the shipped model, where the demo model is looked up, and the whole command on a small recipe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from padt import demo
+from padt.cli import main
+
+SMALL_RECIPE = {
+    "scenes": {"num_images": 24, "seed": 3, "image_size": [112, 140], "objects_per_image": [1, 3],
+               "object_size": [28, 56], "val_fraction": 0.4},
+    "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 2},
+}
+
+
+def test_the_shipped_model_was_trained_with_the_recipe_and_is_small():
+    assert demo.model_recipe(demo.SHIPPED_MODEL) == demo.RECIPE
+    weights = demo.SHIPPED_MODEL / "model.safetensors"
+    assert weights.is_file() and weights.stat().st_size <= 20 * 2**20
+    assert not list(demo.SHIPPED_MODEL.glob("*.bin")) and not list(demo.SHIPPED_MODEL.glob("*.pt"))
+
+
+def test_the_shipped_model_grounds_scenes_it_never_saw(tmp_path):
+    """Fresh scenes (another seed than the recipe's) drawn like the recipe's: the shipped model finds the objects."""
+    from padt.datasets.convert_cli import convert_synthetic
+    from padt.datasets.records import GridSpec, read_jsonl
+    from padt.evaluation import evaluate
+    from padt.pipeline import PaDTPipeline
+    from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+
+    scenes = dict(demo.RECIPE["scenes"])
+    scenes.pop("num_images"), scenes.pop("seed")
+    paths = convert_synthetic(
+        tmp_path, 30, 2024, grid=GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS), report=False,
+        image_size=tuple(scenes["image_size"]), objects_per_image=tuple(scenes["objects_per_image"]),
+        object_size=tuple(scenes["object_size"]), val_fraction=scenes["val_fraction"],
+    )
+    pipeline = PaDTPipeline.from_pretrained(demo.SHIPPED_MODEL, max_new_tokens=64, batch_size=16)
+    records = read_jsonl(paths["rec_train"])[:40]
+    metrics = evaluate(pipeline, records, tmp_path / "images", "rec,res", progress=False).metrics
+    assert metrics["rec/acc@0.5"] >= 0.6 and metrics["res/ciou"] >= 0.6, metrics
+
+
+def test_demo_model_dir_prefers_the_environment_then_a_retrained_model_then_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(demo.DEMO_MODEL_ENV, raising=False)
+    assert demo.demo_model_dir() == demo.SHIPPED_MODEL
+    cached = tmp_path / ".cache" / "padt" / "demo-model"
+    cached.mkdir(parents=True)
+    (cached / demo.RECIPE_FILE).write_text(json.dumps(SMALL_RECIPE))
+    assert demo.demo_model_dir() == demo.SHIPPED_MODEL  # trained with another recipe: not the demo's model
+    (cached / demo.RECIPE_FILE).write_text(json.dumps(demo.RECIPE))
+    assert demo.demo_model_dir() == cached
+    monkeypatch.setenv(demo.DEMO_MODEL_ENV, str(tmp_path / "elsewhere"))
+    assert demo.demo_model_dir() == tmp_path / "elsewhere"
+
+
+def test_demo_refuses_a_shipped_model_trained_with_another_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "RECIPE", SMALL_RECIPE)
+    assert main(["demo", "--workdir", str(tmp_path)]) == 2
+    assert "padt demo --retrain" in capsys.readouterr().err
+
+
+def test_demo_retrain_trains_scores_and_draws(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "RECIPE", SMALL_RECIPE)
+    monkeypatch.setattr(demo, "EVAL_LIMITS", {"rec": 6, "ovd": 4})
+    monkeypatch.setenv(demo.DEMO_MODEL_ENV, str(tmp_path / "model"))
+    assert main(["demo", "--workdir", str(tmp_path / "work"), "--retrain"]) == 0
+    out = capsys.readouterr().out
+    for name in ("REC Acc@0.5", "RES cIoU", "RES gIoU", "OVD AP", "OVD AP50"):
+        assert name in out
+    metrics = json.loads((tmp_path / "work" / "metrics.json").read_text())
+    assert set(metrics) == {"REC Acc@0.5", "RES cIoU", "RES gIoU", "OVD AP", "OVD AP50"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert (tmp_path / "work" / "gallery.png").stat().st_size > 0
+    assert demo.model_recipe(tmp_path / "model") == SMALL_RECIPE
+    assert demo.demo_model_dir() == tmp_path / "model"
+    # A second run reuses the scenes (same recipe) and, with --steps, trains again for that many steps.
+    assert main(["demo", "--workdir", str(tmp_path / "work"), "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing synthetic scenes" in out and "training the tiny PaDT (1 steps)" in out
+    assert demo.model_recipe(tmp_path / "model")["train"]["max_steps"] == 1
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_demo_rejects_bad_step_counts(tmp_path, steps, capsys):
+    assert main(["demo", "--workdir", str(tmp_path), "--steps", steps]) == 2
+    assert "--steps" in capsys.readouterr().err
