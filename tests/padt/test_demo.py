@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,12 @@ def test_demo_retrain_trains_scores_and_draws(tmp_path, monkeypatch, capsys):
 def test_demo_rejects_bad_step_counts(tmp_path, steps, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "--steps", steps]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_the_tiny_demo_training_config_is_the_recipes_training_part():
+    from padt.train.config import TrainConfig
+
+    config = TrainConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "train_tiny_demo.yaml")
+    assert config.tiny
+    for name, value in demo.RECIPE["train"].items():
+        assert getattr(config, name) == value, name
