@@ -36,7 +36,7 @@ def test_the_shipped_model_grounds_scenes_it_never_saw(tmp_path):
     scenes.pop("num_images"), scenes.pop("seed")
     paths = convert_synthetic(
         tmp_path, 30, 2024, grid=GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS), report=False,
-        image_size=tuple(scenes["image_size"]), objects_per_image=tuple(scenes["objects_per_image"]),
+        progress=False, image_size=tuple(scenes["image_size"]), objects_per_image=tuple(scenes["objects_per_image"]),
         object_size=tuple(scenes["object_size"]), val_fraction=scenes["val_fraction"],
     )
     pipeline = PaDTPipeline.from_pretrained(demo.SHIPPED_MODEL, max_new_tokens=64, batch_size=16)
