@@ -26,22 +26,15 @@ def test_the_shipped_model_was_trained_with_the_recipe_and_is_small():
 
 def test_the_shipped_model_grounds_scenes_it_never_saw(tmp_path):
     """Fresh scenes (another seed than the recipe's) drawn like the recipe's: the shipped model finds the objects."""
-    from padt.datasets.convert_cli import convert_synthetic
-    from padt.datasets.records import GridSpec, read_jsonl
+    from padt.datasets.records import read_jsonl
     from padt.evaluation import evaluate
     from padt.pipeline import PaDTPipeline
-    from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
-    scenes = dict(demo.RECIPE["scenes"])
-    scenes.pop("num_images"), scenes.pop("seed")
-    paths = convert_synthetic(
-        tmp_path, 30, 2024, grid=GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS), report=False,
-        progress=False, image_size=tuple(scenes["image_size"]), objects_per_image=tuple(scenes["objects_per_image"]),
-        object_size=tuple(scenes["object_size"]), val_fraction=scenes["val_fraction"],
-    )
+    recipe = {"scenes": {**demo.RECIPE["scenes"], "num_images": 30, "seed": 2024}}
+    paths = demo.prepare_scenes(tmp_path, recipe)
     pipeline = PaDTPipeline.from_pretrained(demo.SHIPPED_MODEL, max_new_tokens=64, batch_size=16)
     records = read_jsonl(paths["rec_train"])[:40]
-    metrics = evaluate(pipeline, records, tmp_path / "images", "rec,res", progress=False).metrics
+    metrics = evaluate(pipeline, records, paths["rec_train"].parent / "images", "rec,res", progress=False).metrics
     assert metrics["rec/acc@0.5"] >= 0.6 and metrics["res/ciou"] >= 0.6, metrics
 
 
