@@ -152,7 +152,7 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> tuple[dic
 def sample_vrt_patches(
     patches: Sequence[int],
     n: int = 5,
-    mode: Literal["random", "extremes", "all"] = "random",
+    mode: Literal["random", "repeats", "extremes", "all"] = "random",
     rng: np.random.Generator | None = None,
     *,
     grid_width: int | None = None,
@@ -163,6 +163,10 @@ def sample_vrt_patches(
 
     * ``"random"`` (the official default): ``n`` patches drawn uniformly, without replacement unless the object
       has fewer than ``n`` patches.
+    * ``"repeats"`` (ours): ``n`` slots filled from ``k`` distinct patches, ``k`` drawn uniformly from
+      ``1..min(n, len(patches))``; each of the ``k`` appears at least once, in random order. Greedy generation
+      often writes one patch several times (``<19><19><19><19><19>``); with ``"random"`` the decoder never sees
+      such a run for a large object during training and draws a box around that one patch only.
     * ``"extremes"``: five patches, one drawn from each of: the centre cells (those on no extreme row/column; all
       cells when there are none), the leftmost column, the top row, the rightmost column, the bottom row, in that
       order. Needs ``grid_width`` (W' of the merged grid) to turn raster indices into (row, col). ``n`` is ignored.
@@ -180,6 +184,12 @@ def sample_vrt_patches(
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
         return rng.choice(values, size=n, replace=len(values) < n).tolist()
+    if mode == "repeats":
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+        distinct = rng.choice(values, size=int(rng.integers(1, min(n, len(values)) + 1)), replace=False)
+        slots = np.concatenate([distinct, rng.choice(distinct, size=n - len(distinct))])
+        return rng.permutation(slots).tolist()
     if mode == "extremes":
         if grid_width is None or grid_width <= 0:
             raise ValueError("mode='extremes' needs the merged grid width (grid_width)")
@@ -190,7 +200,7 @@ def sample_vrt_patches(
         if not centre.any():
             centre = np.ones_like(centre)
         return [int(rng.choice(values[group])) for group in (centre, left, top, right, bottom)]
-    raise ValueError(f"unknown sampling mode {mode!r}; expected 'random', 'extremes' or 'all'")
+    raise ValueError(f"unknown sampling mode {mode!r}; expected 'random', 'repeats', 'extremes' or 'all'")
 
 
 def _compressed(rle: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import yaml
 
 from padt.text_boxes import ANSWER_FORMATS
 
-SAMPLING_MODES = ("random", "extremes", "all")
+SAMPLING_MODES = ("random", "repeats", "extremes", "all")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -107,6 +109,20 @@ def test_random_sampling_is_deterministic_and_replaces_only_when_short() -> None
     assert len(short) == 5 and set(short) <= {8, 9}  # with replacement
     draws = {tuple(sample_vrt_patches(patches, 5, "random", np.random.default_rng(s))) for s in range(20)}
     assert len(draws) > 1
+
+
+def test_repeats_sampling_mixes_runs_of_one_patch_with_spread_ones() -> None:
+    patches = [3, 4, 5, 10, 11, 12, 20]
+    draws = [sample_vrt_patches(patches, 5, "repeats", np.random.default_rng(s)) for s in range(200)]
+    assert all(len(d) == 5 and set(d) <= set(patches) for d in draws)
+    distinct = Counter(len(set(d)) for d in draws)
+    assert set(distinct) == {1, 2, 3, 4, 5}  # every count of distinct patches from 1 to n occurs
+    assert min(distinct.values()) > 200 / 5 / 2  # drawn uniformly: no count is rare
+    assert sample_vrt_patches(patches, 5, "repeats", np.random.default_rng(3)) == draws[3]
+    short = [sample_vrt_patches([8, 9], 5, "repeats", np.random.default_rng(s)) for s in range(50)]
+    assert {len(set(d)) for d in short} == {1, 2} and all(set(d) <= {8, 9} for d in short)
+    with pytest.raises(ValueError, match="n must be positive"):
+        sample_vrt_patches(patches, 0, "repeats")
 
 
 def test_extremes_sampling_takes_one_patch_per_side() -> None:
