@@ -25,8 +25,8 @@ RECIPE: dict[str, Any] = {
         "object_size": [32, 80], "val_fraction": 0.2,
     },
     "train": {
-        "max_steps": 10000, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 5,
-        "model_overrides": {"text_config": {"num_hidden_layers": 4}},
+        "max_steps": 20000, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 5,
+        "vrt_sampling": "repeats", "model_overrides": {"text_config": {"num_hidden_layers": 4}},
     },
 }
 #: The model trained with :data:`RECIPE`, shipped inside the package.
