@@ -55,6 +55,7 @@ class TrainConfig:
     vrts_per_object: int = 5
     vrt_sampling: str = "random"
     decoder_warmup_steps: int | None = None
+    decoder_trains_vision: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
     eval_records: str | None = None
     eval_every: int = 0

@@ -70,7 +70,7 @@ def train(config: TrainConfig) -> Path:
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup_steps = config.warmup_steps(total_steps)
 
-    objective = PaDTObjective(trainable, PaDTCriterion(config.loss_weights))
+    objective = PaDTObjective(trainable, PaDTCriterion(config.loss_weights), config.decoder_trains_vision)
     optimizer = torch.optim.AdamW(
         [p for p in objective.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )

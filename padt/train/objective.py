@@ -8,6 +8,8 @@ loss terms of :class:`padt.losses.PaDTCriterion`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -21,12 +23,18 @@ class PaDTObjective(nn.Module):
     Args:
         model: a :class:`~padt.PaDTForConditionalGeneration` (or a PEFT model wrapping one).
         criterion: the weighted loss terms.
+        decoder_trains_vision: whether the decoder's losses reach the vision tower and the prototypes through
+            the decoder's memory. ``False`` detaches the memory: the vision side is then shaped by the
+            language model's cross-entropy alone (the decoder still trains, and still trains the LLM states it
+            reads). For a vision tower trained from scratch, where box and mask losses otherwise teach it to
+            drop what they do not need (colour, for instance) although the answers need it.
     """
 
-    def __init__(self, model: nn.Module, criterion: PaDTCriterion) -> None:
+    def __init__(self, model: nn.Module, criterion: PaDTCriterion, decoder_trains_vision: bool = True) -> None:
         super().__init__()
         self.model = model
         self.criterion = criterion
+        self.decoder_trains_vision = decoder_trains_vision
 
     @property
     def padt(self):
@@ -80,7 +88,12 @@ class PaDTObjective(nn.Module):
                  zip(batch.object_sample.tolist(), batch.vrt_local[first_vrt].tolist())],
                 device=input_ids.device,
             )
-            decoded = model.decode_objects(vision, states, batch.vrt_counts, object_image, vrt_index)
+            seen = vision
+            if not self.decoder_trains_vision:
+                memory = vision.memory
+                seen = replace(vision, memory=replace(memory, low_res=memory.low_res.detach(),
+                                                      high_res=memory.high_res.detach()))
+            decoded = model.decode_objects(seen, states, batch.vrt_counts, object_image, vrt_index)
             decoder_terms = dict(
                 pred_boxes=decoded.boxes,
                 gt_boxes=batch.boxes,

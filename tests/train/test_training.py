@@ -144,6 +144,35 @@ def test_every_trainable_parameter_gets_a_gradient(synthetic_records, images_dir
     assert dead == []
 
 
+def test_decoder_trains_vision_off_detaches_the_decoder_memory_only(synthetic_records, images_dir) -> None:
+    pipe = tiny_pipeline(seed=1)
+    model = pipe.model.train()
+    dataset = GroundingDataset(read_jsonl(synthetic_records["rec_train"]), images_dir, pipe.processor, mask_scale=4)
+    batch = GroundingCollator(pipe.processor, 4)([dataset[i] for i in range(3)])
+    seen = []
+    decode = model.decode_objects
+
+    def recording(vision, *args, **kwargs):
+        seen.append(vision.memory)
+        return decode(vision, *args, **kwargs)
+
+    model.decode_objects = recording
+    losses = {}
+    for trains_vision in (True, False):
+        objective = PaDTObjective(model, PaDTCriterion(), decoder_trains_vision=trains_vision)
+        objective.zero_grad()
+        terms = objective(batch)
+        terms["loss"].backward()
+        losses[trains_vision] = {k: float(v) for k, v in terms.items()}
+        decoder_grads = [p.grad for p in model.vrt_decoder.parameters()]
+        assert all(g is not None for g in decoder_grads) and any(g.abs().sum() > 0 for g in decoder_grads)
+    attached, detached = seen
+    assert attached.low_res.requires_grad and attached.high_res.requires_grad
+    assert not detached.low_res.requires_grad and not detached.high_res.requires_grad
+    assert losses[True] == losses[False]  # the same forward pass; only the gradients' paths differ
+    assert TrainConfig(decoder_trains_vision=False).decoder_trains_vision is False
+
+
 def test_lora_and_frozen_vision(synthetic_records, images_dir, tmp_path: Path) -> None:
     config = _config(
         synthetic_records["rec_train"], images_dir, tmp_path, max_steps=2, lora=True, lora_rank=4, freeze_vision=True
