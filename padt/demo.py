@@ -26,7 +26,8 @@ RECIPE: dict[str, Any] = {
     },
     "train": {
         "max_steps": 20000, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "seed": 0, "vrts_per_object": 5,
-        "vrt_sampling": "repeats", "model_overrides": {"text_config": {"num_hidden_layers": 4}},
+        "vrt_sampling": "repeats", "decoder_trains_vision": False,
+        "model_overrides": {"text_config": {"num_hidden_layers": 4}},
     },
 }
 #: The model trained with :data:`RECIPE`, shipped inside the package.
