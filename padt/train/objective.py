@@ -24,10 +24,10 @@ class PaDTObjective(nn.Module):
         model: a :class:`~padt.PaDTForConditionalGeneration` (or a PEFT model wrapping one).
         criterion: the weighted loss terms.
         decoder_trains_vision: whether the decoder's losses reach the vision tower and the prototypes through
-            the decoder's memory. ``False`` detaches the memory: the vision side is then shaped by the
-            language model's cross-entropy alone (the decoder still trains, and still trains the LLM states it
-            reads). For a vision tower trained from scratch, where box and mask losses otherwise teach it to
-            drop what they do not need (colour, for instance) although the answers need it.
+            the decoder's memory. ``False`` detaches the memory: those losses still train the decoder and the
+            LLM states it reads, and reach the vision side only through them. Meant for a vision tower trained
+            from scratch, which box and mask losses otherwise teach to drop what they do not need (colour, for
+            instance) although the answers need it.
     """
 
     def __init__(self, model: nn.Module, criterion: PaDTCriterion, decoder_trains_vision: bool = True) -> None:
