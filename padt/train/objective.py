@@ -25,7 +25,8 @@ class PaDTObjective(nn.Module):
         criterion: the weighted loss terms.
         decoder_trains_vision: whether the decoder's losses reach the vision tower and the prototypes through
             the decoder's memory. ``False`` detaches the memory: those losses still train the decoder and the
-            LLM states it reads, and reach the vision side only through them. Meant for a vision tower trained
+            states it reads, and reach the vision side only through them (the LLM's states; during the decoder
+            warm-up, the ground-truth VRTs' prototypes). Meant for a vision tower trained
             from scratch, which box and mask losses otherwise teach to drop what they do not need (colour, for
             instance) although the answers need it.
     """

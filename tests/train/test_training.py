@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import padt.train.loop as loop_module
 from padt.datasets.records import read_jsonl, write_jsonl
 from padt.datasets.training import GroundingCollator, GroundingDataset
 from padt.losses import PaDTCriterion
@@ -144,7 +145,9 @@ def test_every_trainable_parameter_gets_a_gradient(synthetic_records, images_dir
     assert dead == []
 
 
-def test_decoder_trains_vision_off_detaches_the_decoder_memory_only(synthetic_records, images_dir) -> None:
+def test_decoder_trains_vision_off_detaches_the_decoder_memory_only(
+    synthetic_records, images_dir, tmp_path: Path, monkeypatch
+) -> None:
     pipe = tiny_pipeline(seed=1)
     model = pipe.model.train()
     dataset = GroundingDataset(read_jsonl(synthetic_records["rec_train"]), images_dir, pipe.processor, mask_scale=4)
@@ -170,7 +173,11 @@ def test_decoder_trains_vision_off_detaches_the_decoder_memory_only(synthetic_re
     assert attached.low_res.requires_grad and attached.high_res.requires_grad
     assert not detached.low_res.requires_grad and not detached.high_res.requires_grad
     assert losses[True] == losses[False]  # the same forward pass; only the gradients' paths differ
-    assert TrainConfig(decoder_trains_vision=False).decoder_trains_vision is False
+    # The training loop hands the setting to its objective.
+    built = []
+    monkeypatch.setattr(loop_module, "PaDTObjective", lambda *args: built.append(args) or PaDTObjective(*args))
+    train(_config(synthetic_records["rec_train"], images_dir, tmp_path, max_steps=1, decoder_trains_vision=False))
+    assert [args[2] for args in built] == [False]
 
 
 def test_lora_and_frozen_vision(synthetic_records, images_dir, tmp_path: Path) -> None:
