@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -23,6 +24,11 @@ class PaDTConfig(Qwen2_5_VLConfig):
         vrt_norm_eps (`float`, *optional*):
             Epsilon of the prototypes' LayerNorm; `None` takes the text config's `rms_norm_eps`. The released
             PaDT checkpoints use PyTorch's default 1e-5.
+        vrt_norm_init (`float`, *optional*, defaults to 0.0):
+            Starting value of the prototypes' LayerNorm gain. `0.0` (the reference) makes every prototype 0 at
+            initialisation, so VRTs start neutral. Started at zero, the gain grows only in the feature directions
+            that the first steps of training reward, and the tiny demo model's prototypes lost colour that its
+            vision tower kept (a linear colour probe: 45 % of cells); it starts at `1.0` (a plain LayerNorm).
         use_visual_prototype_projection (`bool`, *optional*, defaults to `True`):
             When `False`, the prototypes are the raw merged patch features (the official ablation switch).
         prototype_position_encoding (`bool`, *optional*, defaults to `False`):
@@ -30,7 +36,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
             the prototypes' LayerNorm. Qwen2.5-VL's vision tower has only rotary (relative) positions, so
             two patches that look alike get near-identical prototypes and `h·Pᵀ` cannot tell "the leftmost circle"
             from another circle by content; with the code it can. Off in the reference (and needed off for its
-            weights); the tiny demo model uses it. Prototypes still start at zero (the LayerNorm does).
+            weights); the tiny demo model uses it. The code does not change the prototypes' start (see
+            `vrt_norm_init`).
         patch_order (`str`, *optional*, defaults to `"raster"`):
             How the decoder consumes high-resolution patches: `"raster"` (true positions; for training) or
             `"official"` (window order placed as raster, to reproduce the released PaDT checkpoints).
@@ -58,6 +65,7 @@ class PaDTConfig(Qwen2_5_VLConfig):
 
     vrt_proj_rank: int = 64
     vrt_norm_eps: float | None = None
+    vrt_norm_init: float = 0.0
     use_visual_prototype_projection: bool = True
     prototype_position_encoding: bool = False
     patch_order: str = "raster"
@@ -71,6 +79,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
             raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {self.patch_order!r}")
         if self.vrt_proj_rank < 1:
             raise ValueError(f"vrt_proj_rank must be at least 1, got {self.vrt_proj_rank}")
+        if not math.isfinite(self.vrt_norm_init):
+            raise ValueError(f"vrt_norm_init must be a finite number, got {self.vrt_norm_init}")
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
         if self.num_vrt_per_object < 1:

@@ -55,16 +55,18 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             config.vrt_proj_rank,
             eps=config.vrt_norm_eps if config.vrt_norm_eps is not None else text.rms_norm_eps,
             use_projection=config.use_visual_prototype_projection,
+            norm_init=config.vrt_norm_init,
         )
         self.vrt_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.decoder_config))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Our two modules carry their own explicit initialisation (zero-start prototypes, RMSNorm ones, normal
-        # 0.02 linears) that never depends on which keys a checkpoint lacks. It is applied module by module: for
-        # models defined outside transformers, its loader skips modules without parameters of their own (such as
-        # VisualPrototypes and PaDTDecoder themselves), so a rule attached to those parents would never run for
-        # missing keys. The init functions are guarded by the loader, so loaded parameters are left as they are.
+        # Our two modules carry their own explicit initialisation (prototype LayerNorm gain at vrt_norm_init, zero
+        # by default; RMSNorm ones; normal 0.02 linears) that never depends on which keys a checkpoint lacks. It is
+        # applied module by module: for models defined outside transformers, its loader skips modules without
+        # parameters of their own (such as VisualPrototypes and PaDTDecoder themselves), so a rule attached to
+        # those parents would never run for missing keys. The init functions are guarded by the loader, so loaded
+        # parameters are left as they are.
         prototypes, decoder = self._modules.get("vrt_prototypes"), self._modules.get("vrt_decoder")
         if prototypes is not None and any(module is m for m in prototypes.modules()):
             prototypes.init_child(module)

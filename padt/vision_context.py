@@ -15,15 +15,19 @@ class VisualPrototypes(nn.Module):
     """Turns merged patch features into VRT prototypes: ``P = n + up(down(n))`` with ``n = LayerNorm(x)``.
 
     The LayerNorm's weight and bias start at zero, so every prototype is 0 at initialisation and VRTs start
-    neutral (PADT_REFERENCE §1.3); ``down``/``up`` are a bias-free rank-``rank`` pair. With
+    neutral (PADT_REFERENCE §1.3); ``norm_init`` starts the weight elsewhere (``PaDTConfig.vrt_norm_init``).
+    ``down``/``up`` are a bias-free rank-``rank`` pair. With
     ``use_projection=False`` the prototypes are the raw merged features (the paper's "without f_vp").
     A position code, when given (ours; see ``PaDTConfig.prototype_position_encoding``), is added to the merged
-    features before the LayerNorm, so prototypes still start at zero.
+    features before the LayerNorm, so it does not change their start.
     """
 
-    def __init__(self, hidden_size: int, rank: int, eps: float = 1e-6, use_projection: bool = True) -> None:
+    def __init__(
+        self, hidden_size: int, rank: int, eps: float = 1e-6, use_projection: bool = True, norm_init: float = 0.0
+    ) -> None:
         super().__init__()
         self.use_projection = use_projection
+        self.norm_init = norm_init
         if use_projection:
             self.norm = nn.LayerNorm(hidden_size, eps=eps)
             self.down = nn.Linear(hidden_size, rank, bias=False)
@@ -36,13 +40,13 @@ class VisualPrototypes(nn.Module):
             self.init_child(child)
 
     def init_child(self, child: nn.Module) -> None:
-        """Initialise one child module (norm: zeros; down/up: N(0, 0.02)).
+        """Initialise one child module (norm: weight ``norm_init``, bias 0; down/up: N(0, 0.02)).
 
         Per child because transformers' loader initialises missing weights module by module and skips modules
         without parameters of their own (this one) for models defined outside transformers.
         """
         if child is self._modules.get("norm"):
-            nn.init.zeros_(child.weight)
+            nn.init.constant_(child.weight, self.norm_init)
             nn.init.zeros_(child.bias)
         elif child is self._modules.get("down") or child is self._modules.get("up"):
             nn.init.normal_(child.weight, std=0.02)

@@ -186,6 +186,35 @@ def test_prototypes_start_at_exactly_zero(images):
     assert vision.image_embeds.abs().max() > 0  # the image-pad tokens still get the raw merged features
 
 
+def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, tmp_path):
+    """``vrt_norm_init=1.0``: at initialisation P = n + up(down(n)) with n the unscaled LayerNorm of (x + code);
+    the start survives save/load of a checkpoint that lacks the prototype weights."""
+    from padt.decoders.layers import sine_position_encoding
+    from padt.vrt_codec import merged_cell_centres
+
+    fresh = tiny_pipeline(seed=2, vrt_norm_init=1.0)
+    model, processor = fresh.model, fresh.processor
+    prototypes = model.vrt_prototypes
+    assert torch.equal(prototypes.norm.weight, torch.ones_like(prototypes.norm.weight))
+    assert torch.equal(prototypes.norm.bias, torch.zeros_like(prototypes.norm.bias))
+    with torch.no_grad():
+        vision = encode(model, processor(images[0], PROMPTS[0]), 1)
+        code = sine_position_encoding(merged_cell_centres(vision.codec.merged_hw), 128)
+        normed = torch.nn.functional.layer_norm(vision.image_embeds + code, (128,), eps=prototypes.norm.eps)
+        expected = normed + prototypes.up(prototypes.down(normed))
+    torch.testing.assert_close(vision.prototypes, expected)
+    assert vision.prototypes.norm(dim=-1).min() > 1.0  # not the neutral zero start
+
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("vrt_prototypes.")}, weights,
+              metadata={"format": "pt"})
+    reloaded = PaDTForConditionalGeneration.from_pretrained(tmp_path).vrt_prototypes.norm.weight
+    assert reloaded.shape == (128,) and torch.equal(reloaded, torch.ones_like(reloaded))
+    with pytest.raises(ValueError, match="vrt_norm_init must be a finite number"):
+        type(model.config)(vrt_norm_init=float("nan"))
+
+
 def test_prototype_position_encoding_tells_alike_patches_apart(pipe, images):
     """The tiny model adds a sine code of each merged cell's centre before the prototypes' LayerNorm."""
     from padt.decoders.layers import sine_position_encoding
