@@ -24,6 +24,24 @@ def test_the_shipped_model_was_trained_with_the_recipe_and_is_small():
     assert not list(demo.SHIPPED_MODEL.glob("*.bin")) and not list(demo.SHIPPED_MODEL.glob("*.pt"))
 
 
+def test_the_shipped_model_has_the_configuration_the_recipe_builds():
+    """Its config.json is what the recipe's ``model_overrides`` make of the tiny configuration."""
+    import copy
+
+    from padt.configuration import PaDTConfig
+    from padt.testing import tiny_config
+
+    shipped = PaDTConfig.from_pretrained(demo.SHIPPED_MODEL)
+    built = tiny_config(**copy.deepcopy(demo.RECIPE["train"]["model_overrides"]))
+    for name in ("vrt_proj_rank", "vrt_norm_eps", "vrt_norm_init", "use_visual_prototype_projection",
+                 "prototype_position_encoding", "patch_order", "num_vrt_per_object", "decoder_config"):
+        assert getattr(shipped, name) == getattr(built, name), name
+    for part in ("text_config", "vision_config"):
+        ours, recipes = getattr(shipped, part), getattr(built, part)
+        for name in ("hidden_size", "num_hidden_layers", "depth", "intermediate_size", "num_attention_heads"):
+            assert getattr(ours, name, None) == getattr(recipes, name, None), (part, name)
+
+
 def test_the_shipped_model_grounds_scenes_it_never_saw(tmp_path):
     """Fresh scenes (another seed than the recipe's) drawn like the recipe's: the shipped model finds the objects."""
     from padt.datasets.records import read_jsonl
