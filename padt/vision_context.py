@@ -14,8 +14,8 @@ from padt.vrt_codec import VRTCodec
 class VisualPrototypes(nn.Module):
     """Turns merged patch features into VRT prototypes: ``P = n + up(down(n))`` with ``n = LayerNorm(x)``.
 
-    The LayerNorm's weight and bias start at zero, so every prototype is 0 at initialisation and VRTs start
-    neutral (PADT_REFERENCE §1.3); ``norm_init`` starts the weight elsewhere (``PaDTConfig.vrt_norm_init``).
+    By default the LayerNorm's weight and bias start at zero, so every prototype is 0 at initialisation and VRTs
+    start neutral (PADT_REFERENCE §1.3); ``norm_init`` starts the weight elsewhere (``PaDTConfig.vrt_norm_init``).
     ``down``/``up`` are a bias-free rank-``rank`` pair. With
     ``use_projection=False`` the prototypes are the raw merged features (the paper's "without f_vp").
     A position code, when given (ours; see ``PaDTConfig.prototype_position_encoding``), is added to the merged
