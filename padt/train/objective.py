@@ -26,9 +26,9 @@ class PaDTObjective(nn.Module):
         decoder_trains_vision: whether the decoder's losses reach the vision tower and the prototypes through
             the decoder's memory. ``False`` detaches the memory: those losses still train the decoder and the
             states it reads, and reach the vision side only through them (the LLM's states; during the decoder
-            warm-up, the ground-truth VRTs' prototypes). Meant for a vision tower trained
-            from scratch, which box and mask losses otherwise teach to drop what they do not need (colour, for
-            instance) although the answers need it.
+            warm-up, the ground-truth VRTs' prototypes). Meant for a vision tower trained from scratch, which
+            box and mask losses otherwise teach to drop what they do not need (colour, for instance) although
+            the answers need it.
     """
 
     def __init__(self, model: nn.Module, criterion: PaDTCriterion, decoder_trains_vision: bool = True) -> None:
