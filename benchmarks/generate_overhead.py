@@ -37,7 +37,7 @@ from PIL import Image
 from padt.modeling import PaDTForConditionalGeneration
 from padt.processing import PaDTProcessor
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, tiny_config
-from padt.tokenizers import build_qwen_tokenizer
+from padt.text.qwen_tokenizer import build_qwen_tokenizer
 
 QWEN_VOCAB_ROWS = 151936  # Qwen2.5-VL-3B embedding rows
 PADT_ONLY_FIELDS = ("vrt_proj_rank", "use_visual_prototype_projection", "patch_order", "num_vrt_per_object",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from padt.datasets.convert_cli import convert_synthetic
 from padt.datasets.records import GridSpec, read_jsonl
+from padt.datasets.synthetic_records import convert_synthetic
 from padt.datasets.training import GroundingCollator, GroundingDataset
 from padt.losses import PaDTCriterion
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, tiny_pipeline

@@ -12,7 +12,7 @@ This script runs that comparison on the tiny model and synthetic shape scenes:
 
   - ``vrt``: PaDT (robust token CE + box/score/mask losses through the decoder);
   - ``text-boxes``: Qwen2.5-VL's JSON grounding answer (``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` in
-    resized-image pixels), token cross-entropy only (:mod:`padt.text_boxes`);
+    resized-image pixels), token cross-entropy only (:mod:`padt.text.text_boxes`);
 
 * both evaluated by :func:`padt.evaluation.evaluate` (what ``padt eval`` runs) on the same held-out records with
   greedy decoding and the same token budget: REC Acc@0.5; answer tokens per grounded object (tokens the model
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 FORMATS = ("vrt", "text-boxes")
-#: The demo's scene recipe (padt.demo.RECIPE), which the tiny model is known to learn.
+#: The demo's scene recipe (padt.apps.demo.RECIPE), which the tiny model is known to learn.
 SCENES = dict(image_size=(168, 168), objects_per_image=(1, 3), object_size=(32, 80), val_fraction=0.2)
 QUICK = dict(seeds=[0, 1], steps=120, images=60, batch_size=4, eval_records=16, max_new_tokens=72)
 
@@ -73,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_scenes(root: Path, args: argparse.Namespace) -> dict[str, Path]:
-    from padt.datasets.convert_cli import convert_synthetic
     from padt.datasets.records import GridSpec
+    from padt.datasets.synthetic_records import convert_synthetic
     from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
     grid = GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
@@ -148,7 +148,7 @@ def evaluate_run(final: Path, records: list, images: Path, args: argparse.Namesp
 def qwen_tokens_per_object(records: list, images: Path) -> dict[str, float] | None:
     """Ground-truth answers of both formats, tokenised with the real Qwen2.5-VL tokenizer, per object."""
     try:
-        from padt.tokenizers import build_qwen_tokenizer
+        from padt.text.qwen_tokenizer import build_qwen_tokenizer
 
         tokenizer = build_qwen_tokenizer()
     except ImportError:
@@ -156,7 +156,7 @@ def qwen_tokens_per_object(records: list, images: Path) -> dict[str, float] | No
     from padt.evaluation import teacher_forced_answer
     from padt.processing import PaDTProcessor
     from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
-    from padt.text_boxes import record_text_box_answer
+    from padt.text.text_boxes import record_text_box_answer
 
     processor = PaDTProcessor.from_tokenizer(
         tokenizer, vrt_id_start=len(tokenizer), min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from padt.datasets.records import read_jsonl
-    from padt.eval_cli import json_ready
+    from padt.evaluation import json_ready
     from padt.testing import tiny_pipeline
 
     temporary = args.workdir is None

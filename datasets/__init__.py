@@ -1,10 +1,10 @@
 """padt.datasets: see the package docstring of each module."""
-from padt._subpackage_guard import lazy_exports, refuse_top_level_import
+from padt._lazy import lazy_exports, refuse_top_level_import
 
 refuse_top_level_import(__name__, "datasets")
 
-# The public names load on first use (PEP 562): the converters import padt.imaging and with it transformers,
-# which ``padt convert --help`` (padt.datasets.convert_cli) should not pay for.
+# The public names load on first use (PEP 562): the converters import padt.vision.images and with it transformers,
+# which ``padt convert --help`` (padt.cli.convert) should not pay for.
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {

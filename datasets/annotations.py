@@ -111,7 +111,7 @@ def check_image(
     """Whether the image file exists and matches its entry; counts the reason in ``summary`` when not.
 
     With ``images_dir=None`` nothing is checked. An EXIF orientation other than 1 is skipped by default:
-    COCO's annotations (and width/height) refer to the stored pixels, while :func:`padt.imaging.load_image`
+    COCO's annotations (and width/height) refer to the stored pixels, while :func:`padt.vision.images.load_image`
     applies the orientation, so the boxes would land on a rotated or mirrored image.
     """
     hw = image_hw(info)

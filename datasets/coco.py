@@ -30,7 +30,7 @@ from padt.datasets.annotations import CocoIndex, annotation_object, check_image,
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE
 from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, PathLike
 from padt.datasets.summary import ConversionSummary
-from padt.prompts import ovd_answer_template, ovd_prompt
+from padt.text.prompts import ovd_answer_template, ovd_prompt
 
 
 def convert_coco(

@@ -3,7 +3,8 @@
 Patch selection follows PaDT (PADT_REFERENCE §4.2) on the grid the processor really produces:
 
 1. take the object's binary mask at the original resolution ``(H, W)``;
-2. resize it to the processor's resized size ``(H_r, W_r)`` (:func:`padt.imaging.image_geometry`) with cv2 bilinear;
+2. resize it to the processor's resized size ``(H_r, W_r)`` (:func:`padt.vision.images.image_geometry`) with cv2
+   bilinear;
 3. average it over each ``cell x cell`` block, ``cell = patch_size * merge_size`` (28 px for Qwen2.5-VL): the
    cell's *coverage* in [0, 1];
 4. select the cell when ``coverage >= min_coverage`` (``>`` with ``strict=True``).
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from padt.imaging import ImageGeometry
+from padt.vision.images import ImageGeometry
 
 #: The official threshold: a cell is selected when at least 1/28 of it is covered (mean of mask*255 >= 255/28).
 DEFAULT_MIN_COVERAGE = 1.0 / 28.0
@@ -64,7 +65,7 @@ def select_patches(
 
     Args:
         mask: ``(H, W)`` binary mask at the original resolution.
-        geometry: the image's grid, from :func:`padt.imaging.image_geometry` with the processor's settings.
+        geometry: the image's grid, from :func:`padt.vision.images.image_geometry` with the processor's settings.
         min_coverage: fraction of a cell that must be covered; 1/28 is the official value.
         strict: select on ``coverage > min_coverage`` (official RefCOCO) instead of ``>=`` (official COCO, RIC).
     """

@@ -5,7 +5,7 @@ Conventions used throughout ``padt.datasets``:
 * ``bbox`` is normalised ``[x1 / W, y1 / H, x2 / W, y2 / H]`` of the *original* image (W, H its width and height).
   The processor stretches the image without padding, so the same numbers describe the box on the resized image.
 * ``patches`` are raster indices ``k = row * W' + col`` on the *merged* grid ``(H', W')`` that
-  :func:`padt.imaging.image_geometry` gives for the original size and the record's :class:`GridSpec`; one index is
+  :func:`padt.vision.images.image_geometry` gives for the original size and the record's :class:`GridSpec`; one index is
   one visual reference token (VRT) candidate.
 * ``rle`` is COCO run-length encoding of the object's original-resolution mask with ``counts`` as ``str``.
 * ``answer_template`` names object ``N`` with the placeholder ``<|Obj_N|>``; training replaces each placeholder by
@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from padt.imaging import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageGeometry, image_geometry
+from padt.vision.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageGeometry, image_geometry
 
 PathLike = str | os.PathLike
 

@@ -28,7 +28,7 @@ from padt.datasets.annotations import CocoIndex, annotation_object, check_image,
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE
 from padt.datasets.records import GridSpec, GroundingRecord, PathLike
 from padt.datasets.summary import ConversionSummary
-from padt.prompts import rec_answer_template, rec_prompt
+from padt.text.prompts import rec_answer_template, rec_prompt
 
 _PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
 

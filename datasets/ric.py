@@ -32,7 +32,7 @@ from padt.datasets.annotations import CocoIndex, annotation_object, check_image,
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE
 from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, PathLike, placeholder
 from padt.datasets.summary import ConversionSummary
-from padt.prompts import ric_prompt
+from padt.text.prompts import ric_prompt
 
 # One tag: optional '<', 'box_id', optional ':', then either anything up to a '>' that comes before any other
 # bracket ("closed"), or, for a tag that lost its '>', one or more ids where each id may carry junk without spaces

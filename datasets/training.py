@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from padt.datasets.patches import rle_to_mask, sample_vrt_patches
 from padt.datasets.records import GroundingRecord, check_grid
-from padt.imaging import ImageGeometry
-from padt.prompts import render_answer
-from padt.text_boxes import check_answer_format, record_text_box_answer
+from padt.text.prompts import render_answer
+from padt.text.text_boxes import check_answer_format, record_text_box_answer
+from padt.vision.images import ImageGeometry
 
 
 @dataclass
@@ -62,7 +62,7 @@ class GroundingDataset(Dataset):
         vrts_per_object, sampling: VRT sampling (see :func:`padt.datasets.patches.sample_vrt_patches`).
         seed: base seed; call :meth:`set_epoch` to draw new VRTs each epoch.
         answer_format: ``"vrt"`` (PaDT), or ``"text-boxes"``: the answer is Qwen2.5-VL's JSON boxes in resized-image
-            pixels (:func:`padt.text_boxes.record_text_box_answer`) and there are no object targets (no VRTs, no
+            pixels (:func:`padt.text.text_boxes.record_text_box_answer`) and there are no object targets (no VRTs, no
             decoder terms).
     """
 

@@ -1,6 +1,6 @@
 """padt.decoders: the PaDT decoder (VRT states -> box, score, mask) and its attention backends."""
 
-from padt._subpackage_guard import lazy_exports, refuse_top_level_import
+from padt._lazy import lazy_exports, refuse_top_level_import
 
 refuse_top_level_import(__name__, "decoders")
 

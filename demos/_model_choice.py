@@ -18,7 +18,7 @@ def pipeline_from_arguments(args: argparse.Namespace, script: str):
         from padt.testing import tiny_pipeline
 
         return tiny_pipeline()
-    from padt.predict_cli import load_pipeline
+    from padt.apps.tasks import load_pipeline
 
     try:
         return load_pipeline(args.model)

@@ -18,7 +18,7 @@ from _model_choice import add_model_arguments, pipeline_from_arguments  # demos/
 from PIL import Image, ImageDraw
 
 import padt
-from padt.imaging import load_image
+from padt.vision.images import load_image
 from padt.visualize import draw_grounding, make_gallery, save_image
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from _model_choice import add_model_arguments, pipeline_from_arguments  # demos/ is the script folder
 
-from padt.serve import build_app, launch_app
+from padt.apps.web import build_app, launch_app
 
 
 def main(argv: Sequence[str] | None = None) -> int:

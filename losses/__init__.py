@@ -1,6 +1,6 @@
 """padt.losses: the PaDT losses as pure functions over tensors, and the criterion that weights them."""
 
-from padt._subpackage_guard import lazy_exports, refuse_top_level_import
+from padt._lazy import lazy_exports, refuse_top_level_import
 
 refuse_top_level_import(__name__, "losses")
 

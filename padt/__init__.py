@@ -11,27 +11,23 @@ The public names are imported on first use, so that light modules (prompts, reco
 for importing torch and transformers.
 """
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+
+from padt._lazy import lazy_exports
 
 try:
     __version__ = version("padt")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-_EXPORTS = {
-    "PaDTConfig": "padt.configuration",
-    "PaDTForConditionalGeneration": "padt.modeling",
-    "PaDTProcessor": "padt.processing",
-    "PaDTPipeline": "padt.pipeline",
-    "GroundedOutput": "padt.results",
-    "GroundedObject": "padt.results",
-}
-
-__all__ = [*sorted(_EXPORTS), "__version__"]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'padt' has no attribute {name!r}")
+__getattr__, __dir__, _names = lazy_exports(
+    __name__,
+    {
+        ".configuration": ("PaDTConfig",),
+        ".modeling": ("PaDTForConditionalGeneration",),
+        ".processing": ("PaDTProcessor",),
+        ".pipeline": ("PaDTPipeline",),
+        ".results": ("GroundedObject", "GroundedOutput"),
+    },
+)
+__all__ = [*_names, "__version__"]

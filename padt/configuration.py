@@ -8,8 +8,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Qwen2_5_VLConfig
 
-from padt.text_boxes import ANSWER_FORMATS
-from padt.vrt_codec import PATCH_ORDERS
+from padt.text.text_boxes import ANSWER_FORMATS
+from padt.vision.codec import PATCH_ORDERS
 
 
 @strict
@@ -48,7 +48,7 @@ class PaDTConfig(Qwen2_5_VLConfig):
             (hidden size, heads, MLP width, merge size) and the language model (hidden size).
         answer_format (`str`, *optional*, defaults to `"vrt"`):
             How the model answers: `"vrt"` (PaDT: visual reference tokens, decoded to boxes and masks) or
-            `"text-boxes"` (the text-coordinate baseline: Qwen2.5-VL's JSON boxes, see :mod:`padt.text_boxes`).
+            `"text-boxes"` (the text-coordinate baseline: Qwen2.5-VL's JSON boxes, see :mod:`padt.text.text_boxes`).
             A `"text-boxes"` model never emits VRTs (their logits are −inf) and its decoder is unused.
 
     Example:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import warnings
@@ -29,10 +30,10 @@ from tqdm.auto import tqdm
 
 from padt.datasets.patches import box_to_mask, box_to_rle, rle_to_mask, sample_vrt_patches
 from padt.datasets.records import GroundingObject, GroundingRecord, check_grid
-from padt.imaging import load_image
 from padt.metrics import COCODetectionMetric, GroundedCaptionMetric, RECAccuracy, RESIoU
-from padt.prompts import render_answer
 from padt.results import GroundedOutput
+from padt.text.prompts import render_answer
+from padt.vision.images import load_image
 
 TASKS = ("rec", "res", "ovd", "ric")
 #: The record task each evaluation task reads (RES is scored on REC records: they carry the masks).
@@ -415,3 +416,13 @@ def _gather(items: list[Any]) -> list[Any]:
     dist.all_gather_object(parts, items)
     return [item for part in parts for item in (part or [])]
 
+
+def json_ready(value: Any) -> Any:
+    """NaN (a metric with no samples) is not JSON; write it as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value

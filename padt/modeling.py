@@ -3,7 +3,7 @@
 The model is a subclass of transformers' ``Qwen2_5_VLForConditionalGeneration``; nothing of transformers is
 patched. Three hooks differ from the base model:
 
-* **input embeddings**: ids ``>= V`` (batch-global VRT ids, see :mod:`padt.vrt_codec`) are embedded from the
+* **input embeddings**: ids ``>= V`` (batch-global VRT ids, see :mod:`padt.vision.codec`) are embedded from the
   batch's prototypes ``P``; ``<|image_pad|>`` positions get the raw merged patch features as usual;
 * **output logits**: ``[h · W_textᵀ ; h · Pᵀ]``, the VRT part set to −inf outside each sample's own images.
   Text logits come from the base model's own head (tied or untied); the embedding table is never concatenated
@@ -33,14 +33,14 @@ from padt.configuration import PaDTConfig
 from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
-from padt.vision_context import VisionContext, VisualPrototypes
-from padt.vrt_codec import VRTCodec, high_res_layout, merged_cell_centres, window_order
+from padt.vision.codec import VRTCodec, high_res_layout, merged_cell_centres, window_order
+from padt.vision.context import VisionContext, VisualPrototypes
 
 
 class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     """Qwen2.5-VL with visual reference tokens and the PaDT decoder.
 
-    Submodules added to the base model: ``vrt_prototypes`` (:class:`~padt.vision_context.VisualPrototypes`)
+    Submodules added to the base model: ``vrt_prototypes`` (:class:`~padt.vision.context.VisualPrototypes`)
     and ``vrt_decoder`` (:class:`~padt.decoders.PaDTDecoder`).
     """
 
@@ -80,7 +80,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
         """transformers' ``from_pretrained``; a local folder of the official PaDT release (``config.json`` with a
         ``vl_decoder`` dict) is translated and loaded by :func:`padt.official.load_official_model`."""
-        from padt.official import is_official_layout, load_official_model  # padt.official imports this module
+        from padt.official.checkpoint import (  # padt.official.checkpoint imports this module
+            is_official_layout,
+            load_official_model,
+        )
 
         if pretrained_model_name_or_path is not None and is_official_layout(pretrained_model_name_or_path):
             return load_official_model(pretrained_model_name_or_path, *model_args, model_class=cls, **kwargs)

@@ -10,16 +10,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from padt.imaging import ImageInput
 from padt.modeling import PaDTForConditionalGeneration
-from padt.official import is_official_layout, load_official_processor
-from padt.parser import ParsedAnswer, parse_answer
+from padt.official.checkpoint import is_official_layout, load_official_processor
 from padt.postprocess import boxes_to_pixels, mask_to_pixels
 from padt.processing import PaDTProcessor
-from padt.prompts import ovd_prompt, rec_prompt, ric_prompt
 from padt.results import GroundedObject, GroundedOutput
-from padt.text_boxes import parse_text_boxes
-from padt.vision_context import VisionContext
+from padt.text.parser import ParsedAnswer, parse_answer
+from padt.text.prompts import ovd_prompt, rec_prompt, ric_prompt
+from padt.text.text_boxes import parse_text_boxes
+from padt.vision.context import VisionContext
+from padt.vision.images import ImageInput
 
 
 class PaDTPipeline:
@@ -38,7 +38,7 @@ class PaDTPipeline:
     :class:`~padt.results.GroundedOutput` or a list. Generation keyword arguments (``max_new_tokens``,
     ``do_sample``, ``temperature``, ...) pass through to ``generate``; the default is greedy decoding.
 
-    A model trained with ``answer_format="text-boxes"`` (the text-coordinate baseline, :mod:`padt.text_boxes`)
+    A model trained with ``answer_format="text-boxes"`` (the text-coordinate baseline, :mod:`padt.text.text_boxes`)
     answers with JSON boxes instead of VRTs: its objects carry the parsed box, no patches, no mask and a score
     of 1.0 (text boxes come with no confidence); malformed JSON is reported in ``problems``.
     """

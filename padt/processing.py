@@ -1,7 +1,7 @@
 """PaDTProcessor: images + prompts (+ answers with visual reference tokens) -> model inputs, and ids -> text.
 
 An image-only Qwen2.5-VL processor (the Qwen video processor needs torchvision, which this project never installs)
-with the VRT id convention of :mod:`padt.vrt_codec`: text ids are ``< V`` (``vrt_id_start``, the model's number of
+with the VRT id convention of :mod:`padt.vision.codec`: text ids are ``< V`` (``vrt_id_start``, the model's number of
 text-embedding rows, not ``len(tokenizer)``) and the **local** VRT id of patch ``k`` of a sample is ``V + k``.
 VRTs are never added to the tokenizer: :meth:`PaDTProcessor.encode_text` maps ``<|VRT_k|>`` to ``V + k`` and
 :meth:`PaDTProcessor.decode` maps it back.
@@ -20,7 +20,10 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from padt.imaging import (
+from padt.text.parser import ParsedAnswer, parse_answer
+from padt.text.prompts import VRT_PATTERN, vrt_token
+from padt.text.qwen_tokenizer import QWEN2_5_VL_CHAT_TEMPLATE
+from padt.vision.images import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     ImageGeometry,
@@ -29,15 +32,12 @@ from padt.imaging import (
     load_image,
     upscale_tiny,
 )
-from padt.parser import ParsedAnswer, parse_answer
-from padt.prompts import VRT_PATTERN, vrt_token
-from padt.tokenizers import QWEN2_5_VL_CHAT_TEMPLATE
 
 
 class PaDTBatch(BatchFeature):
     """A :class:`~transformers.BatchFeature` that also carries ``geometries`` outside the tensor dict.
 
-    ``geometries`` is a list with one :class:`padt.imaging.ImageGeometry` per image, in the order of
+    ``geometries`` is a list with one :class:`padt.vision.images.ImageGeometry` per image, in the order of
     ``image_grid_thw`` (sample order, then image order inside a sample). It is an attribute rather than a key so
     that ``batch.to(device)`` and tensor conversion never touch it; ``.to()`` returns the same object, so it stays.
     """
@@ -63,7 +63,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
     Args:
         image_processor: a ``Qwen2VLImageProcessorPil`` (holds ``min_pixels``/``max_pixels``, ``patch_size``,
             ``merge_size``).
-        tokenizer: a Qwen2 tokenizer (see :mod:`padt.tokenizers`).
+        tokenizer: a Qwen2 tokenizer (see :mod:`padt.text.qwen_tokenizer`).
         chat_template: defaults to the Qwen2.5-VL chat template.
         vrt_id_start: V, the first VRT id = the model's number of text-embedding rows. Must be ``>= len(tokenizer)``.
     """
@@ -76,7 +76,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         vrt_id_start: int | None = None,  # positional-or-keyword: from_pretrained passes only those back
     ) -> None:
         if tokenizer is None:
-            raise ValueError("PaDTProcessor needs a tokenizer (see padt.tokenizers)")
+            raise ValueError("PaDTProcessor needs a tokenizer (see padt.text.qwen_tokenizer)")
         # Qwen2_5_VLProcessor.__init__ insists on a video processor; set what it would set, then skip it.
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
@@ -145,7 +145,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
 
     # ---- images ----------------------------------------------------------------------------------------------
     def load(self, image: ImageInput) -> Image.Image:
-        """:func:`padt.imaging.load_image`: RGB PIL image, EXIF orientation applied."""
+        """:func:`padt.vision.images.load_image`: RGB PIL image, EXIF orientation applied."""
         return load_image(image)
 
     def geometry(self, image: Image.Image | ImageInput) -> ImageGeometry:
@@ -210,7 +210,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         return [self.decode(row, skip_special_tokens=skip_special_tokens, **kwargs) for row in sequences]
 
     def parse(self, completion_ids: Sequence[int] | torch.Tensor, *, require_labels: bool = True) -> ParsedAnswer:
-        """:func:`padt.parser.parse_answer` with this tokenizer, ``vrt_id_start`` and the Qwen end tokens."""
+        """:func:`padt.text.parser.parse_answer` with this tokenizer, ``vrt_id_start`` and the Qwen end tokens."""
         return parse_answer(
             completion_ids,
             vrt_id_start=self._vrt_start(),

@@ -2,7 +2,7 @@
 
 The tiny model is a real :class:`~padt.PaDTForConditionalGeneration` (all code paths of the full-size model)
 with a small configuration and a small byte-level BPE tokenizer trained offline with the Qwen special tokens
-and chat template (:func:`padt.tokenizers.build_tiny_tokenizer`).
+and chat template (:func:`padt.text.qwen_tokenizer.build_tiny_tokenizer`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from padt.configuration import PaDTConfig
 from padt.modeling import PaDTForConditionalGeneration
 from padt.pipeline import PaDTPipeline
 from padt.processing import PaDTProcessor
-from padt.tokenizers import build_tiny_tokenizer
+from padt.text.qwen_tokenizer import build_tiny_tokenizer
 
 #: Pixel budget of the tiny model: 224x224 images give a 8x8 merged grid (64 VRTs).
 TINY_MIN_PIXELS = 56 * 56

@@ -1,7 +1,7 @@
 """Pictures of what a PaDT model answered: boxes, masks, VRT patches, per-step VRT heatmaps, galleries.
 
 All functions take images as RGB ``uint8`` numpy arrays ``(H, W, 3)``, PIL images or paths (anything
-:func:`padt.imaging.load_image` takes) and return RGB ``uint8`` arrays; inputs are never modified.
+:func:`padt.vision.images.load_image` takes) and return RGB ``uint8`` arrays; inputs are never modified.
 Coordinates follow :class:`~padt.results.GroundedOutput`: boxes and masks in original-image pixels, patches as
 raster indices ``k = row * W' + col`` on the image's merged grid ``(H', W')``.
 
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from padt.imaging import ImageGeometry, load_image
-from padt.prompts import vrt_token
 from padt.results import GroundedOutput
+from padt.text.prompts import vrt_token
+from padt.vision.images import ImageGeometry, load_image
 
 if TYPE_CHECKING:
     from padt.pipeline import PaDTPipeline
@@ -194,7 +194,7 @@ def vrt_heatmap(
 
     Args:
         probabilities: ``[H', W']`` or ``[H' * W']`` (raster order) values, numpy or torch; NaN/inf count as 0.
-        geometry: the image's :class:`~padt.imaging.ImageGeometry` (its merged grid and original size).
+        geometry: the image's :class:`~padt.vision.images.ImageGeometry` (its merged grid and original size).
         alpha: opacity of the colour map where the value is largest; it falls linearly to 0 (the image as it is)
             where the value is 0.
         normalize: scale so the largest value gets the top colour (the peak of a flat 64-way distribution is
@@ -239,7 +239,7 @@ def vrt_step_probabilities(
     the position before it (the ones that chose it) are soft-maxed over this image's patches.
 
     Args:
-        prompt: the full user prompt (e.g. ``padt.prompts.ovd_prompt([...])``), as ``pipeline.ask`` takes it.
+        prompt: the full user prompt (e.g. ``padt.text.prompts.ovd_prompt([...])``), as ``pipeline.ask`` takes it.
         require_labels: ``False`` for captioning prompts (as ``pipeline.caption`` does).
 
     Returns:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from padt.text_boxes import ANSWER_FORMATS
+from padt.text.text_boxes import ANSWER_FORMATS
 
 SAMPLING_MODES = ("random", "repeats", "extremes", "all")
 PRECISIONS = ("fp32", "bf16")
@@ -24,7 +24,7 @@ class TrainConfig:
     :func:`padt.testing.tiny_pipeline`; ``model_overrides``, YAML only, changes its configuration, e.g.
     ``{text_config: {hidden_size: 256}}``). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
     ``batch_size * grad_accum * world_size`` samples). ``answer_format``: ``"vrt"`` (PaDT) or ``"text-boxes"`` (the
-    text-coordinate baseline: Qwen2.5-VL's JSON boxes, token cross-entropy only; see :mod:`padt.text_boxes`).
+    text-coordinate baseline: Qwen2.5-VL's JSON boxes, token cross-entropy only; see :mod:`padt.text.text_boxes`).
     """
 
     records: list[str] = field(default_factory=list)

@@ -34,7 +34,7 @@ def load_starting_model(config: TrainConfig) -> tuple[PaDTForConditionalGenerati
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"model folder {folder} has no config.json")
-    from padt.official import is_official_layout, load_official_model, load_official_processor
+    from padt.official.checkpoint import is_official_layout, load_official_model, load_official_processor
 
     if is_official_layout(folder):  # a released PaDT checkpoint (transformers 4.50 layout)
         return load_official_model(folder).train(), load_official_processor(folder)

@@ -9,7 +9,7 @@ import pytest
 
 from padt.datasets.coco import convert_coco
 from padt.datasets.records import GridSpec, read_jsonl, write_jsonl
-from padt.prompts import NO_OBJECTS_ANSWER, ovd_prompt
+from padt.text.prompts import NO_OBJECTS_ANSWER, ovd_prompt
 
 
 def test_val_conversion_counts_every_bad_annotation(coco_files: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from padt.datasets.patches import (
     segmentation_to_rle,
     select_patches,
 )
-from padt.imaging import image_geometry
+from padt.vision.images import image_geometry
 
 
 def test_mask_on_two_cells_selects_their_raster_indices() -> None:

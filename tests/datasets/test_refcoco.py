@@ -21,7 +21,7 @@ from padt.datasets.refcoco import (
     load_refs,
     split_matches,
 )
-from padt.prompts import rec_answer_template, rec_prompt
+from padt.text.prompts import rec_answer_template, rec_prompt
 
 
 def sentence(text: str, sent_id: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 from padt.datasets.records import GroundingObject
 from padt.datasets.ric import convert_ric, parse_caption
 from padt.datasets.summary import ConversionSummary
-from padt.prompts import ric_prompt
+from padt.text.prompts import ric_prompt
 
 KNOWN = {5, 34, 405710, 714044, 2016798, 1057221}
 NO_PATCH = {12}

@@ -23,10 +23,10 @@ import pytest
 from padt.datasets.patches import rle_to_mask
 from padt.datasets.records import GroundingObject, GroundingRecord, read_jsonl
 from padt.evaluation import evaluate, parse_tasks, strip_grounding, teacher_forced_answer
-from padt.imaging import load_image
-from padt.prompts import render_answer
 from padt.results import GroundedObject, GroundedOutput
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+from padt.text.prompts import render_answer
+from padt.vision.images import load_image
 
 HERE = Path(__file__).resolve().parent
 WORLD_SIZE = 2

@@ -190,7 +190,7 @@ def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, tmp_pa
     """``vrt_norm_init=1.0``: at initialisation P = n + up(down(n)) with n the unscaled LayerNorm of (x + code);
     the start survives save/load of a checkpoint that lacks the prototype weights."""
     from padt.decoders.layers import sine_position_encoding
-    from padt.vrt_codec import merged_cell_centres
+    from padt.vision.codec import merged_cell_centres
 
     fresh = tiny_pipeline(seed=2, vrt_norm_init=1.0)
     model, processor = fresh.model, fresh.processor
@@ -218,7 +218,7 @@ def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, tmp_pa
 def test_prototype_position_encoding_tells_alike_patches_apart(pipe, images):
     """The tiny model adds a sine code of each merged cell's centre before the prototypes' LayerNorm."""
     from padt.decoders.layers import sine_position_encoding
-    from padt.vrt_codec import merged_cell_centres
+    from padt.vision.codec import merged_cell_centres
 
     model, processor = pipe.model, pipe.processor
     assert model.config.prototype_position_encoding

@@ -11,8 +11,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from padt import GroundedObject, GroundedOutput, PaDTPipeline
 from padt.processing import PaDTProcessor
-from padt.prompts import rec_prompt
 from padt.testing import tiny_pipeline
+from padt.text.prompts import rec_prompt
 
 TOKENS = 12  # new tokens per generation: enough to exercise the path, cheap on CPU
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from padt.processing import PaDTBatch, PaDTProcessor
-from padt.tokenizers import build_tiny_tokenizer
+from padt.text.qwen_tokenizer import build_tiny_tokenizer
 
 V = 600  # the tiny model's embedding rows: larger than len(tokenizer) = 512 on purpose
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from padt.imaging import image_geometry
-from padt.prompts import ovd_prompt
 from padt.results import GroundedObject, GroundedOutput
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, tiny_pipeline
+from padt.text.prompts import ovd_prompt
+from padt.vision.images import image_geometry
 from padt.visualize import (
     cell_bounds,
     draw_grounding,

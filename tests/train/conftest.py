@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from padt.datasets.convert_cli import convert_synthetic
 from padt.datasets.records import GridSpec, read_jsonl, write_jsonl
+from padt.datasets.synthetic_records import convert_synthetic
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
 

@@ -14,7 +14,7 @@ from padt.evaluation import evaluate
 from padt.losses import PaDTCriterion
 from padt.pipeline import PaDTPipeline
 from padt.testing import tiny_pipeline
-from padt.text_boxes import parse_text_boxes
+from padt.text.text_boxes import parse_text_boxes
 from padt.train.config import TrainConfig
 from padt.train.objective import PaDTObjective
 

@@ -223,7 +223,7 @@ def test_two_process_ddp_follows_the_single_process_run(synthetic_records, image
 
 
 def test_training_starts_from_a_released_checkpoint_layout(synthetic_records, images_dir, tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parents[1] / "padt"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "padt" / "official"))
     try:
         from official_fixture import write_tiny_official_checkpoint
     finally:

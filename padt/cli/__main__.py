@@ -1,0 +1,7 @@
+"""``python -m padt.cli``: the ``padt`` command."""
+
+import sys
+
+from padt.cli import main
+
+sys.exit(main())

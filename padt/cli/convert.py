@@ -1,0 +1,163 @@
+"""``padt convert {coco,refcoco,ric,synthetic}``: turn public annotations into PaDT record files (JSONL).
+
+:func:`register` adds the ``convert`` command to the ``padt`` parser; each subcommand's ``run_*`` function takes
+the parsed arguments, prints the conversion summary and returns the exit code. ``args.run`` is set to it.
+The converters are imported inside the ``run_*`` functions: they pull in ``padt.vision.images`` and with it
+transformers, which would make ``padt --help`` take seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from padt.datasets.records import GridSpec, GroundingRecord
+    from padt.datasets.summary import ConversionSummary
+
+#: Qwen2.5-VL's ViT patch and merge sizes; the patches of every record are computed on this grid.
+PATCH_SIZE, MERGE_SIZE = 14, 2
+#: ``padt.vision.images.DEFAULT_MIN_PIXELS`` / ``DEFAULT_MAX_PIXELS``, repeated to keep the parser import-light
+#: (a test checks they agree).
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 28 * 28 * 16384
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``convert`` and its subcommands to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    convert = subparsers.add_parser(
+        "convert", help="convert COCO / RefCOCO / RIC annotations or synthetic scenes to PaDT records (JSONL)"
+    )
+    commands = convert.add_subparsers(dest="convert_command", metavar="{coco,refcoco,ric,synthetic}")
+    commands.required = True
+
+    coco = commands.add_parser("coco", help="COCO instances -> open-vocabulary detection records")
+    coco.add_argument("--instances", required=True, type=Path, help="instances_*.json")
+    coco.add_argument("--images", required=True, type=Path, help="folder of the images")
+    coco.add_argument("--split", required=True, choices=("train", "val"), help="train: shuffled, negatives dropped")
+    coco.add_argument("--out", required=True, type=Path, help="output .jsonl")
+    coco.add_argument("--seed", type=int, default=0, help="seed of the per-image category shuffle (train)")
+    coco.add_argument("--max-side", type=int, default=1288, help="skip images with a longer side (px)")
+    coco.add_argument("--max-instances", type=int, default=50, help="drop categories with more instances")
+    coco.add_argument("--exclude-crowd", action="store_true", help="leave crowd annotations out of answers")
+    _add_common(coco)
+    coco.set_defaults(run=run_coco)
+
+    refcoco = commands.add_parser("refcoco", help="RefCOCO/+/g refs -> referring expression records")
+    refcoco.add_argument("--refs", required=True, type=Path, help="refs(unc).p or refs(umd).p")
+    refcoco.add_argument("--instances", required=True, type=Path, help="the dataset's instances.json")
+    refcoco.add_argument("--images", required=True, type=Path, help="folder of the COCO train2014 images")
+    refcoco.add_argument("--split", required=True, help="train, val, test, testA, testB")
+    refcoco.add_argument("--out", required=True, type=Path, help="output .jsonl")
+    refcoco.add_argument("--name", default="refcoco", help="dataset name used in record ids (refcoco+, ...)")
+    refcoco.add_argument(
+        "--exclude-images-of", type=Path, action="append", default=[], metavar="FILE.jsonl",
+        help="drop records on images used in these record files (leakage guard); repeatable",
+    )
+    refcoco.add_argument(
+        "--warn-overlap-with", type=Path, action="append", default=[], metavar="FILE.jsonl",
+        help="only warn about images shared with these record files; repeatable",
+    )
+    _add_common(refcoco)
+    refcoco.set_defaults(run=run_refcoco)
+
+    ric = commands.add_parser("ric", help="RIC captions with box tags -> captioning records")
+    ric.add_argument("--captions", required=True, type=Path, help="ric_instances_*.json (captions in images[])")
+    ric.add_argument("--instances", required=True, type=Path, help="COCO instances (may be the captions file)")
+    ric.add_argument("--images", required=True, type=Path, help="folder of the COCO 2017 images")
+    ric.add_argument("--out", required=True, type=Path, help="output .jsonl")
+    _add_common(ric)
+    ric.set_defaults(run=run_ric)
+
+    synthetic = commands.add_parser("synthetic", help="draw shape scenes; write COCO/RefCOCO files and records")
+    synthetic.add_argument("--out", required=True, type=Path, help="output folder")
+    synthetic.add_argument("--images", required=True, type=int, help="number of images")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("MIN", "MAX"))
+    synthetic.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
+    synthetic.add_argument("--object-size", type=int, nargs=2, default=(32, 96), metavar=("MIN", "MAX"))
+    synthetic.add_argument("--occlusion", action="store_true", help="let shapes overlap")
+    synthetic.add_argument("--val-fraction", type=float, default=0.2, help="fraction of images in split 'val'")
+    synthetic.add_argument("--noise", type=float, default=6.0, help="background noise standard deviation")
+    _add_common(synthetic)
+    synthetic.set_defaults(run=run_synthetic)
+    return convert
+
+
+def run_coco(args: argparse.Namespace) -> int:
+    from padt.datasets.coco import convert_coco
+
+    records, summary = convert_coco(
+        args.instances, args.images, args.split, args.seed, grid=_grid(args), max_side=args.max_side,
+        max_instances=args.max_instances, include_crowd=not args.exclude_crowd, progress=not args.quiet,
+    )
+    return _finish(args, records, summary)
+
+
+def run_refcoco(args: argparse.Namespace) -> int:
+    from padt.datasets.records import read_jsonl
+    from padt.datasets.refcoco import convert_refcoco, drop_overlap, find_overlap
+
+    records, summary = convert_refcoco(
+        args.refs, args.instances, args.images, args.split, name=args.name, grid=_grid(args), progress=not args.quiet
+    )
+    for path in args.warn_overlap_with:
+        overlap = find_overlap(records, read_jsonl(path))
+        if overlap:
+            summary.notes.append(
+                f"WARNING: {len(overlap.image_ids)} image ids / {len(overlap.files)} files also in {path}"
+            )
+    for path in args.exclude_images_of:
+        overlap = find_overlap(records, read_jsonl(path))
+        records, dropped = drop_overlap(records, overlap)
+        summary.skip("image_overlap", dropped)
+        summary.records -= dropped
+        summary.objects -= dropped  # one object per REC record
+        summary.notes.append(f"dropped {dropped} records on images also in {path}")
+    return _finish(args, records, summary)
+
+
+def run_ric(args: argparse.Namespace) -> int:
+    from padt.datasets.ric import convert_ric
+
+    records, summary = convert_ric(
+        args.captions, args.instances, args.images, grid=_grid(args), progress=not args.quiet
+    )
+    return _finish(args, records, summary)
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    """Draw the scenes, then convert them with the COCO and RefCOCO readers, per split."""
+    from padt.datasets.synthetic_records import convert_synthetic
+
+    convert_synthetic(
+        args.out, args.images, args.seed, grid=_grid(args), image_size=tuple(args.image_size),
+        objects_per_image=tuple(args.objects), object_size=tuple(args.object_size), allow_occlusion=args.occlusion,
+        noise=args.noise, val_fraction=args.val_fraction, official=args.official, progress=not args.quiet,
+    )
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="processor's min_pixels (patch grid)"
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="processor's max_pixels (patch grid)"
+    )
+    parser.add_argument("--official", action="store_true", help="write the official record layout instead")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _grid(args: argparse.Namespace) -> GridSpec:
+    from padt.datasets.records import GridSpec
+
+    return GridSpec(PATCH_SIZE, MERGE_SIZE, args.min_pixels, args.max_pixels)
+
+
+def _finish(args: argparse.Namespace, records: list[GroundingRecord], summary: ConversionSummary) -> int:
+    from padt.datasets.synthetic_records import write_records
+
+    write_records(args.out, records, summary, official=args.official)
+    return 0

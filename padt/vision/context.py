@@ -1,0 +1,96 @@
+"""Visual prototypes (the Dynamic Embedding Module) and the per-batch vision context they live in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from padt.decoders import DecoderMemory
+from padt.vision.codec import VRTCodec
+
+
+class VisualPrototypes(nn.Module):
+    """Turns merged patch features into VRT prototypes: ``P = n + up(down(n))`` with ``n = LayerNorm(x)``.
+
+    By default the LayerNorm's weight and bias start at zero, so every prototype is 0 at initialisation and VRTs
+    start neutral (PADT_REFERENCE §1.3); ``norm_init`` starts the weight elsewhere (``PaDTConfig.vrt_norm_init``).
+    ``down``/``up`` are a bias-free rank-``rank`` pair. With
+    ``use_projection=False`` the prototypes are the raw merged features (the paper's "without f_vp").
+    A position code, when given (ours; see ``PaDTConfig.prototype_position_encoding``), is added to the merged
+    features before the LayerNorm, so it does not change their start.
+    """
+
+    def __init__(
+        self, hidden_size: int, rank: int, eps: float = 1e-6, use_projection: bool = True, norm_init: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.use_projection = use_projection
+        self.norm_init = norm_init
+        if use_projection:
+            self.norm = nn.LayerNorm(hidden_size, eps=eps)
+            self.down = nn.Linear(hidden_size, rank, bias=False)
+            self.up = nn.Linear(rank, hidden_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Explicit, so that the zero start never depends on which keys a checkpoint happens to lack.
+        for child in self.children():
+            self.init_child(child)
+
+    def init_child(self, child: nn.Module) -> None:
+        """Initialise one child module (norm: weight ``norm_init``, bias 0; down/up: N(0, 0.02)).
+
+        Per child because transformers' loader initialises missing weights module by module and skips modules
+        without parameters of their own (this one) for models defined outside transformers.
+        """
+        if child is self._modules.get("norm"):
+            nn.init.constant_(child.weight, self.norm_init)
+            nn.init.zeros_(child.bias)
+        elif child is self._modules.get("down") or child is self._modules.get("up"):
+            nn.init.normal_(child.weight, std=0.02)
+
+    def forward(self, merged_features: torch.Tensor, position_code: torch.Tensor | None = None) -> torch.Tensor:
+        """[N', D] merged patch features (plus an optional [N', D] position code) -> [N', D] prototypes."""
+        if not self.use_projection:
+            return merged_features
+        if position_code is not None:
+            merged_features = merged_features + position_code.to(merged_features.dtype)
+        normed = self.norm(merged_features)
+        return normed + self.up(self.down(normed))
+
+
+@dataclass
+class VisionContext:
+    """Everything a batch's images contribute, computed once per batch and reused at every decoding step.
+
+    Attributes:
+        codec: the batch's VRT id space.
+        image_embeds: [P, D] merged features (raster order) that fill the ``<|image_pad|>`` positions.
+        prototypes: [P, D] VRT prototypes: input embeddings of VRT ids and rows of the VRT classifier.
+        vrt_mask: bool [B, P], True where sample ``b`` may name VRT ``p``.
+        memory: the decoder's view of the images (prototypes, pre-merger features, rotary PE, positions).
+        grid_thw: [I, 3] the processor's ViT grids.
+        recorded: last-layer hidden states recorded during generation, one [B, D] tensor per step; step ``s``
+            holds the state that predicted generated token ``s``. ``None`` when not recording.
+    """
+
+    codec: VRTCodec
+    image_embeds: torch.Tensor
+    prototypes: torch.Tensor
+    vrt_mask: torch.Tensor
+    memory: DecoderMemory
+    grid_thw: torch.Tensor
+    recorded: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    def start_recording(self) -> None:
+        self.recorded = []
+
+    def stop_recording(self) -> torch.Tensor:
+        """Stop recording and return the states as [B, steps, D] (steps may be 0)."""
+        states = self.recorded or []
+        self.recorded = None
+        if not states:
+            return self.prototypes.new_zeros(self.codec.num_samples, 0, self.prototypes.shape[-1])
+        return torch.stack(states, dim=1)
