@@ -32,8 +32,8 @@ from padt.decoders import (
     PaDTDecoderConfig,
     RotaryPE,
     first_subpatch_pe,
-    merge_block_token_rc,
 )
+from padt.vision.geometry import merge_block_positions
 
 PATCH_PX = 14  # Qwen2.5-VL vision patch side, only to turn the image size into a patch grid here
 
@@ -50,7 +50,7 @@ def peak_rss_mb() -> float:
 
 def make_memory(cfg: PaDTDecoderConfig, grid: int, device: torch.device, dtype: torch.dtype) -> DecoderMemory:
     grid_hw = torch.tensor([[grid, grid]])
-    token_rc = merge_block_token_rc(grid_hw, cfg.spatial_merge_size)
+    token_rc = merge_block_positions(grid_hw, cfg.spatial_merge_size)
     freqs = 1.0 / (10000 ** (torch.arange(cfg.head_dim // 4) / (cfg.head_dim // 4)))
     angles = torch.cat((token_rc[:, :1] * freqs, token_rc[:, 1:] * freqs), dim=-1)
     full = torch.cat((angles, angles), dim=-1)

@@ -8,7 +8,7 @@ head has its true width while the transformer stays tiny: what is left is exactl
 embedding, recording the last hidden state) next to the part both share (the 151,936-wide head, sampling logic).
 
 One 224x224 image (8x8 = 64 VRTs), batch 1 and batch 4, greedy, N new tokens forced with ``min_new_tokens``.
-PaDT runs the pipeline's path: ``encode_images`` once, ``start_recording``, ``generate(vision=...)``; the base
+PaDT runs the pipeline's path: ``encode_images`` once, ``vision.recording()``, ``generate(vision=...)``; the base
 model gets the image as ``pixel_values`` and runs its vision tower inside ``generate``. Times are wall-clock of the
 whole call (vision included) divided by N, median over repeats after a warm-up, PaDT and base runs interleaved
 (ABBA order).
@@ -85,15 +85,13 @@ def run_padt(model, batch, tokens: int) -> torch.Tensor:
     vision = model.encode_images(
         batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], batch["input_ids"].shape[0]
     )
-    vision.start_recording()
-    try:
+    with vision.recording() as recorded:
         sequences = model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             mm_token_type_ids=batch["mm_token_type_ids"], vision=vision,
             max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
         )
-    finally:
-        states = vision.stop_recording()
+    states = recorded.states()
     assert states.shape[1] == tokens
     return sequences
 

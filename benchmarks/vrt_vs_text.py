@@ -1,6 +1,6 @@
 """Answering with visual reference tokens vs. answering with box coordinates as text, at a scale a CPU can run.
 
-The paper's ablation (PADT_REFERENCE §5.2, Tab. 5; Qwen2.5-VL-3B, RefCOCO val) reports Acc@0.5 93.2 for PaDT
+The paper's ablation (its Tab. 5; Qwen2.5-VL-3B, RefCOCO val) reports Acc@0.5 93.2 for PaDT
 against 88.7 for the same model fine-tuned to write box coordinates as text, with fewer answer tokens per object.
 This script runs that comparison on the tiny model and synthetic shape scenes:
 
@@ -173,16 +173,16 @@ def qwen_tokens_per_object(records: list, images: Path) -> dict[str, float] | No
 
 def constant_box_baseline(train_records: list, eval_records: list) -> dict[str, float]:
     """A model-free reference: every held-out answer is the mean training box (normalised), scored the same way."""
+    from padt.losses.box_ops import normalised_to_pixels
     from padt.metrics import RECAccuracy
 
     boxes = [r.objects[r.referenced_objects()[0]].bbox for r in train_records]
-    mean = [statistics.fmean(b[i] for b in boxes) for i in range(4)]
+    mean = torch.tensor([statistics.fmean(b[i] for b in boxes) for i in range(4)], dtype=torch.float64)
     metric = RECAccuracy((0.5,))
     for record in eval_records:
-        h, w = record.image_hw
-        gt = record.objects[0].bbox
-        predicted = [mean[0] * w, mean[1] * h, mean[2] * w, mean[3] * h]
-        metric.update([[predicted]], [[gt[0] * w, gt[1] * h, gt[2] * w, gt[3] * h]])
+        gt = torch.tensor(record.objects[0].bbox, dtype=torch.float64)
+        predicted = normalised_to_pixels(mean, record.image_hw).tolist()
+        metric.update([[predicted]], [[normalised_to_pixels(gt, record.image_hw).tolist()]])
     values = metric.compute()
     return {"acc@0.5": values["acc@0.5"], "mean_iou": values["mean_iou"]}
 

@@ -9,9 +9,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         ".coco": ("convert_coco",),
-        ".patches": (
-            "DEFAULT_MIN_COVERAGE", "box_to_rle", "coverage_grid", "mask_to_rle", "polygons_to_rle", "rle_to_mask",
-            "sample_vrt_patches", "segmentation_to_rle", "select_patches",
+        ".patches": ("DEFAULT_MIN_COVERAGE", "coverage_grid", "sample_vrt_patches", "select_patches"),
+        # Absolute (no leading dot): the mask/RLE helpers live in padt.vision, these names are kept for callers.
+        "padt.vision.masks": (
+            "box_to_mask", "box_to_rle", "mask_to_rle", "polygons_to_rle", "rle_to_mask", "segmentation_to_rle",
         ),
         ".records": ("GridSpec", "GroundingObject", "GroundingRecord", "RecordError", "read_jsonl", "write_jsonl"),
         ".refcoco": ("Overlap", "convert_refcoco", "drop_overlap", "find_overlap", "load_refs"),

@@ -12,17 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from padt.datasets.patches import (
-    DEFAULT_MIN_COVERAGE,
-    box_to_mask,
-    rle_to_mask,
-    segmentation_to_rle,
-    select_patches,
-)
+from padt.datasets.patches import DEFAULT_MIN_COVERAGE, select_patches
 from padt.datasets.records import GridSpec, GroundingObject, PathLike
 from padt.datasets.summary import ConversionSummary
+from padt.losses.box_ops import box_xywh_to_xyxy, clip_boxes, normalised_to_pixels, pixels_to_normalised
+from padt.vision.masks import box_to_mask, rle_to_mask, segmentation_to_rle
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -175,7 +172,8 @@ def annotation_object(
             return None
         mask = rle_to_mask(rle)
     else:
-        mask = box_to_mask((box[0] * width, box[1] * height, box[2] * width, box[3] * height), height, width)
+        pixel_box = normalised_to_pixels(torch.tensor(box, dtype=torch.float64), hw).tolist()
+        mask = box_to_mask(pixel_box, height, width)
     if not mask.any():
         summary.skip("empty_mask")
         return None
@@ -206,15 +204,14 @@ def clipped_box(bbox: Any, hw: tuple[int, int], summary: ConversionSummary) -> t
         summary.skip("bad_annotation")
         return None
     height, width = hw
-    x, y, w, h = (float(v) for v in bbox)
-    x1, y1, x2, y2 = x, y, x + w, y + h
-    cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
-    cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-    if cx2 <= cx1 or cy2 <= cy1:
+    # float64 keeps the numbers those of Python float arithmetic on the JSON values.
+    box = box_xywh_to_xyxy(torch.tensor([float(v) for v in bbox], dtype=torch.float64))
+    clipped = clip_boxes(box, height, width)
+    x1, y1, x2, y2 = clipped.tolist()
+    if x2 <= x1 or y2 <= y1:
         summary.skip("degenerate_box")
         return None
-    was_clipped = (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2)
-    return [cx1 / width, cy1 / height, cx2 / width, cy2 / height], was_clipped
+    return pixels_to_normalised(clipped, hw).tolist(), not torch.equal(clipped, box)
 
 
 def _is_int(value: Any) -> bool:

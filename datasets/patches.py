@@ -1,6 +1,7 @@
-"""Which merged-grid cells (VRT candidates) an object covers, mask/RLE helpers, and VRT sampling for training.
+"""Which merged-grid cells (VRT candidates) an object covers, and VRT sampling for training.
 
-Patch selection follows PaDT (PADT_REFERENCE §4.2) on the grid the processor really produces:
+The mask/RLE helpers these work with are in :mod:`padt.vision.masks`. Patch selection follows the PaDT data
+preparation on the grid the processor really produces:
 
 1. take the object's binary mask at the original resolution ``(H, W)``;
 2. resize it to the processor's resized size ``(H_r, W_r)`` (:func:`padt.vision.images.image_geometry`) with cv2
@@ -21,21 +22,16 @@ Patch indices are raster order on the merged grid ``(H', W')``: ``k = row * W' +
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from padt.vision.images import ImageGeometry
+from padt.vision.geometry import ImageGeometry
 
 #: The official threshold: a cell is selected when at least 1/28 of it is covered (mean of mask*255 >= 255/28).
 DEFAULT_MIN_COVERAGE = 1.0 / 28.0
-
-Polygon = Sequence[float]
 
 
 def coverage_grid(mask: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
@@ -46,7 +42,7 @@ def coverage_grid(mask: np.ndarray, geometry: ImageGeometry) -> np.ndarray:
     if mask.shape != tuple(geometry.original_hw):
         raise ValueError(f"mask shape {mask.shape} differs from the image size {geometry.original_hw}")
     resized_h, resized_w = geometry.resized_hw
-    cell = geometry.patch_size * geometry.merge_size
+    cell = geometry.cell_size
     binary = (mask != 0).astype(np.float32)
     resized = cv2.resize(binary, (resized_w, resized_h), interpolation=cv2.INTER_LINEAR)
     grid_h, grid_w = resized_h // cell, resized_w // cell
@@ -78,78 +74,6 @@ def select_patches(
     return np.flatnonzero(selected.reshape(-1)).tolist()
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE ``{"size": [H, W], "counts": str}`` of a ``(H, W)`` mask (non-zero = foreground)."""
-    rle = mask_utils.encode(np.asfortranarray((mask != 0).astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Decode a COCO RLE (compressed counts as str/bytes, or uncompressed counts as a list) to ``(H, W)`` uint8."""
-    compressed = _compressed(rle)
-    with warnings.catch_warnings():
-        # pycocotools 2.0.x builds its output with np.array(copy=False) semantics numpy 2 deprecates; harmless.
-        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
-        return mask_utils.decode(compressed)
-
-
-def polygons_to_rle(polygons: Sequence[Polygon], height: int, width: int) -> dict[str, Any]:
-    """COCO RLE of the union of polygons ``[x1, y1, x2, y2, ...]`` in original pixels.
-
-    Raises ``ValueError`` on a degenerate polygon (fewer than 3 points, an odd or non-finite coordinate list):
-    pycocotools would misread a 4-number polygon as a box.
-    """
-    if not polygons:
-        raise ValueError("no polygons given")
-    for index, polygon in enumerate(polygons):
-        if not is_valid_polygon(polygon):
-            raise ValueError(f"polygon {index} is degenerate: {list(polygon)[:8]}")
-    parts = mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width)
-    merged = mask_utils.merge(parts)
-    return {"size": [int(v) for v in merged["size"]], "counts": merged["counts"].decode("ascii")}
-
-
-def is_valid_polygon(polygon: Any) -> bool:
-    """True for a flat list of at least 3 finite (x, y) pairs."""
-    if not isinstance(polygon, (list, tuple)) or len(polygon) < 6 or len(polygon) % 2:
-        return False
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in polygon)
-
-
-def box_to_mask(box_xyxy: Sequence[float], height: int, width: int) -> np.ndarray:
-    """``(H, W)`` uint8 mask of a pixel box ``(x1, y1, x2, y2)``; edges rounded to whole pixels, clipped."""
-    x1, y1, x2, y2 = (round(float(v)) for v in box_xyxy)
-    mask = np.zeros((height, width), dtype=np.uint8)
-    mask[max(y1, 0) : max(min(y2, height), 0), max(x1, 0) : max(min(x2, width), 0)] = 1
-    return mask
-
-
-def box_to_rle(box_xyxy: Sequence[float], height: int, width: int) -> dict[str, Any]:
-    """COCO RLE of :func:`box_to_mask` (the mask the official scripts use for annotations without segmentation)."""
-    return mask_to_rle(box_to_mask(box_xyxy, height, width))
-
-
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> tuple[dict[str, Any] | None, int]:
-    """Turn a COCO ``segmentation`` (polygon list, uncompressed or compressed RLE) into a compressed RLE.
-
-    Returns ``(rle, dropped)``: ``dropped`` counts degenerate polygon parts left out; ``rle`` is ``None`` when no
-    usable part remains. Raises ``ValueError`` for an unrecognised shape or an RLE of another size.
-    """
-    if isinstance(segmentation, dict):
-        size = segmentation.get("size")
-        if not isinstance(size, (list, tuple)) or [int(v) for v in size] != [height, width]:
-            raise ValueError(f"RLE size {size} differs from the image size [{height}, {width}]")
-        compressed = _compressed(segmentation)
-        return {"size": [height, width], "counts": _counts_str(compressed["counts"])}, 0
-    if isinstance(segmentation, list):
-        valid = [p for p in segmentation if is_valid_polygon(p)]
-        dropped = len(segmentation) - len(valid)
-        if not valid:
-            return None, dropped
-        return polygons_to_rle(valid, height, width), dropped
-    raise ValueError(f"unrecognised segmentation of type {type(segmentation).__name__}")
-
-
 def sample_vrt_patches(
     patches: Sequence[int],
     n: int = 5,
@@ -160,7 +84,7 @@ def sample_vrt_patches(
 ) -> list[int]:
     """Pick the VRTs that stand for one object in a training target.
 
-    Modes (PADT_REFERENCE §2):
+    Modes:
 
     * ``"random"`` (the official default): ``n`` patches drawn uniformly, without replacement unless the object
       has fewer than ``n`` patches.
@@ -202,24 +126,3 @@ def sample_vrt_patches(
             centre = np.ones_like(centre)
         return [int(rng.choice(values[group])) for group in (centre, left, top, right, bottom)]
     raise ValueError(f"unknown sampling mode {mode!r}; expected 'random', 'repeats', 'extremes' or 'all'")
-
-
-def _compressed(rle: dict[str, Any]) -> dict[str, Any]:
-    counts = rle.get("counts")
-    size = rle.get("size")
-    if not isinstance(size, (list, tuple)) or len(size) != 2:
-        raise ValueError(f"RLE size must be [height, width], got {size!r}")
-    height, width = int(size[0]), int(size[1])
-    if isinstance(counts, list):  # uncompressed RLE (COCO crowd annotations)
-        if sum(counts) != height * width:
-            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
-        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    if not isinstance(counts, bytes):
-        raise ValueError(f"RLE counts must be str, bytes or a list, got {type(counts).__name__}")
-    return {"size": [height, width], "counts": counts}
-
-
-def _counts_str(counts: str | bytes) -> str:
-    return counts.decode("ascii") if isinstance(counts, bytes) else counts

@@ -5,8 +5,8 @@ Conventions used throughout ``padt.datasets``:
 * ``bbox`` is normalised ``[x1 / W, y1 / H, x2 / W, y2 / H]`` of the *original* image (W, H its width and height).
   The processor stretches the image without padding, so the same numbers describe the box on the resized image.
 * ``patches`` are raster indices ``k = row * W' + col`` on the *merged* grid ``(H', W')`` that
-  :func:`padt.vision.images.image_geometry` gives for the original size and the record's :class:`GridSpec`; one index is
-  one visual reference token (VRT) candidate.
+  the record's :class:`~padt.vision.geometry.GridSpec` gives for the original size; one index is one
+  visual reference token (VRT) candidate.
 * ``rle`` is COCO run-length encoding of the object's original-resolution mask with ``counts`` as ``str``.
 * ``answer_template`` names object ``N`` with the placeholder ``<|Obj_N|>``; training replaces each placeholder by
   VRTs sampled from ``objects[N].patches``.
@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from padt.vision.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ImageGeometry, image_geometry
+from padt.vision.geometry import GridSpec, ImageGeometry
 
 PathLike = str | os.PathLike
 
@@ -55,44 +55,12 @@ class RecordError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class GridSpec:
-    """The processor settings the record's ``patches`` were computed for.
-
-    A consumer must check these equal its own processor's settings: with other ``min_pixels``/``max_pixels`` an
-    image can land on a different merged grid and every patch index would point at the wrong cell.
-    """
-
-    patch_size: int = 14
-    merge_size: int = 2
-    min_pixels: int = DEFAULT_MIN_PIXELS
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def geometry(self, height: int, width: int) -> ImageGeometry:
-        """Where an ``height`` x ``width`` image lands under these settings (see :func:`image_geometry`)."""
-        return image_geometry(
-            height,
-            width,
-            patch_size=self.patch_size,
-            merge_size=self.merge_size,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-        )
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "patch_size": self.patch_size,
-            "merge_size": self.merge_size,
-            "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "grid") -> GridSpec:
-        if not isinstance(data, Mapping):
-            raise RecordError(where, f"expected an object, got {type(data).__name__}")
-        values = {name: _positive_int(data, name, f"{where}.{name}") for name in cls().to_dict()}
-        return cls(**values)
+def grid_from_dict(data: Any, where: str = "grid") -> GridSpec:
+    """The :class:`GridSpec` of a record's ``grid`` object; :class:`RecordError` names a missing or bad field."""
+    if not isinstance(data, Mapping):
+        raise RecordError(where, f"expected an object, got {type(data).__name__}")
+    values = {name: _positive_int(data, name, f"{where}.{name}") for name in GridSpec().to_dict()}
+    return GridSpec(**values)
 
 
 @dataclass
@@ -283,7 +251,7 @@ class GroundingRecord:
             if "image_hw" not in data:
                 raise RecordError("image_hw", "missing")
             image_hw = None if data["image_hw"] is None else _parse_hw(data["image_hw"])
-            grid = GridSpec.from_dict(_require(data, "grid", dict, ""))
+            grid = grid_from_dict(_require(data, "grid", dict, ""))
             image_id = data.get("image_id")
             if image_id is not None and not _is_int(image_id):
                 raise RecordError("image_id", f"expected an integer or null, got {image_id!r}")
@@ -423,9 +391,9 @@ def _check_rle(rle: Any, where: str) -> None:
 def check_grid(records: Iterable[GroundingRecord], processor: Any) -> None:
     """Raise ``ValueError`` naming the first record whose patches were computed for another grid than the
     processor's (patch size, merge size, pixel budget): its patch indices would name other cells."""
-    wanted = (processor.patch_size, processor.merge_size, processor.min_pixels, processor.max_pixels)
+    wanted = tuple(processor.grid_spec.to_dict().values())
     for record in records:
-        got = (record.grid.patch_size, record.grid.merge_size, record.grid.min_pixels, record.grid.max_pixels)
+        got = tuple(record.grid.to_dict().values())
         if got != wanted:
             raise ValueError(
                 f"record {record.id}: its patches were computed for grid (patch, merge, min_pixels, max_pixels) "

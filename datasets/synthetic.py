@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
-from padt.datasets.patches import mask_to_rle
 from padt.datasets.records import PathLike
+from padt.losses.box_ops import box_xywh_to_xyxy, box_xyxy_to_cxcywh, box_xyxy_to_xywh
+from padt.vision.masks import mask_to_box, mask_to_rle
 
 SHAPES = ("circle", "square", "triangle")
 #: Named colours (RGB); the defaults use the first four, all far apart in hue.
@@ -75,8 +77,9 @@ class _Shape:
 
     @property
     def centre(self) -> tuple[float, float]:
-        x, y, w, h = self.box
-        return x + w / 2.0, y + h / 2.0
+        xyxy = box_xywh_to_xyxy(torch.tensor(self.box, dtype=torch.float64))
+        cx, cy, _, _ = box_xyxy_to_cxcywh(xyxy).tolist()
+        return cx, cy
 
 
 def generate_synthetic(
@@ -281,8 +284,7 @@ def _place_shapes(
         label[obj.full] = number  # later shapes are painted over earlier ones
     for number, obj in enumerate(placed, start=1):
         obj.visible = label == number
-        rows, cols = np.nonzero(obj.visible)
-        obj.box = (int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1))
+        obj.box = tuple(box_xyxy_to_xywh(torch.tensor(mask_to_box(obj.visible))).tolist())
         obj.area = int(obj.visible.sum())
     return placed
 

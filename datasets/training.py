@@ -1,7 +1,7 @@
 """Training examples from records: teacher-forced answers with sampled VRTs, and the decoder's targets.
 
-For every record the dataset picks the VRTs that stand for each object (PADT_REFERENCE §2: random 5 by
-default), renders the answer with them, and prepares the targets of the decoder: the box (cx, cy, w, h)
+For every record the dataset picks the VRTs that stand for each object (5 drawn at random by default, as
+PaDT trains), renders the answer with them, and prepares the targets of the decoder: the box (cx, cy, w, h)
 normalised to the image, the mask at the decoder's resolution and the object's full patch set (for the robust
 cross-entropy). Sampling is a pure function of ``(seed, epoch, index)``, so an interrupted run resumes with
 exactly the same examples.
@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from padt.datasets.patches import rle_to_mask, sample_vrt_patches
+from padt.datasets.patches import sample_vrt_patches
 from padt.datasets.records import GroundingRecord, check_grid
-from padt.text.prompts import render_answer
-from padt.text.text_boxes import check_answer_format, record_text_box_answer
-from padt.vision.images import ImageGeometry
+from padt.losses.box_ops import box_xyxy_to_cxcywh
+from padt.text.answer_formats import get_answer_format
+from padt.vision.geometry import ImageGeometry
+from padt.vision.masks import rle_to_mask
+from padt.vision.queries import ObjectQueries
 
 
 @dataclass
@@ -61,9 +63,8 @@ class GroundingDataset(Dataset):
         mask_scale: mask pixels per ViT patch side of the decoder (``2 ** mask_upscale_stages``).
         vrts_per_object, sampling: VRT sampling (see :func:`padt.datasets.patches.sample_vrt_patches`).
         seed: base seed; call :meth:`set_epoch` to draw new VRTs each epoch.
-        answer_format: ``"vrt"`` (PaDT), or ``"text-boxes"``: the answer is Qwen2.5-VL's JSON boxes in resized-image
-            pixels (:func:`padt.text.text_boxes.record_text_box_answer`) and there are no object targets (no VRTs, no
-            decoder terms).
+        answer_format: the name of the :mod:`padt.text.answer_formats` format that renders the answer; one that
+            names no patches (``"text-boxes"``) gives no object targets (no VRTs, no decoder terms).
     """
 
     def __init__(
@@ -88,7 +89,7 @@ class GroundingDataset(Dataset):
         self.sampling = sampling
         self.seed = seed
         self.epoch = 0
-        self.answer_format = check_answer_format(answer_format)
+        self.answer_format = get_answer_format(answer_format)
         check_grid(records, processor)
 
     def set_epoch(self, epoch: int) -> None:
@@ -109,20 +110,21 @@ class GroundingDataset(Dataset):
                 f"record {record.id}: image {path} is {geometry.original_hw} (h, w) but the record says "
                 f"{tuple(record.image_hw)}"
             )
-        if self.answer_format == "text-boxes":
-            return TrainingExample(image, record.prompt, record_text_box_answer(record, geometry), [], record.id)
+        if not self.answer_format.names_patches:  # no VRTs to sample, no decoder targets
+            answer = self.answer_format.training_answer(record, geometry, [])
+            return TrainingExample(image, record.prompt, answer, [], record.id)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         merged_w = geometry.merged_grid_hw[1]
         chosen = {
             i: sample_vrt_patches(obj.patches, self.vrts_per_object, self.sampling, rng, grid_width=merged_w)
             for i, obj in enumerate(record.objects)
         }
-        answer = render_answer(record.answer_template, [chosen[i] for i in range(len(record.objects))])
+        answer = self.answer_format.training_answer(record, geometry, [chosen[i] for i in range(len(record.objects))])
         targets = [
             ObjectTarget(
                 vrts=chosen[i],
                 patches=list(record.objects[i].patches),
-                box=_xyxy_to_cxcywh(record.objects[i].bbox),
+                box=_cxcywh_target(record.objects[i].bbox),
                 mask=self._mask_target(record.objects[i].rle, geometry),
             )
             for i in record.referenced_objects()
@@ -139,9 +141,10 @@ class GroundingDataset(Dataset):
         return cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR) > 0.5
 
 
-def _xyxy_to_cxcywh(box: list[float]) -> tuple[float, float, float, float]:
-    x1, y1, x2, y2 = box
-    return ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+def _cxcywh_target(bbox_xyxy: list[float]) -> tuple[float, float, float, float]:
+    """The decoder's box target: a record's normalised xyxy box as normalised ``(cx, cy, w, h)`` Python floats."""
+    # float64, so the numbers are those of Python float arithmetic; the collator makes them float32 for the batch.
+    return tuple(box_xyxy_to_cxcywh(torch.tensor(bbox_xyxy, dtype=torch.float64)).tolist())
 
 
 @dataclass
@@ -174,6 +177,11 @@ class TrainingBatch:
     @property
     def num_objects(self) -> int:
         return int(self.vrt_counts.numel())
+
+    @property
+    def queries(self) -> ObjectQueries:
+        """The decoder's queries: each object's VRTs at their positions in the teacher-forced sequence."""
+        return ObjectQueries(self.object_sample, self.vrt_counts, self.vrt_local, self.vrt_positions)
 
     def to(self, device: torch.device | str) -> TrainingBatch:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}

@@ -28,7 +28,7 @@ class PaDTDecoderConfig:
             the vision tower's head dim, since the tower's rotary cos/sin (of that width) rotate our keys.
         intermediate_size: width of the query MLP inside each two-way block.
         llm_hidden_size: width D of the language model; VRT states and prototypes come in at this width.
-        spatial_merge_size: side m of the vision merger; one low-res (LLM) token covers m x m 14-px patches.
+        spatial_merge_size: side m of the vision merger; one low-res (LLM) token covers m x m patches.
         num_low_res_blocks: two-way blocks run on the low-res (merged) memory.
         num_high_res_blocks: two-way blocks run afterwards on the high-res (pre-merger) memory.
         mask_head: build the mask branch. When False there are no mask modules and no mask outputs.
@@ -119,7 +119,7 @@ class PaDTDecoderConfig:
 
     @property
     def mask_subpixels(self) -> int:
-        """s: mask pixels per 14-px patch side (``2 ** mask_upscale_stages``); 0 without a mask head."""
+        """s: mask pixels per patch side (``2 ** mask_upscale_stages``); 0 without a mask head."""
         return MASK_SPLIT**self.mask_upscale_stages if self.mask_head else 0
 
     @property

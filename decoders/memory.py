@@ -1,8 +1,8 @@
 """Inputs and outputs of the PaDT decoder, and helpers for the grid positions of high-res tokens.
 
-Coordinates: a "patch" is one vision-tower token (a ``patch_size``-px square, 14 px for Qwen2.5-VL) on an
-image grid of H x W patches (H, W = ``grid_thw[1:]``); a merged cell is ``m x m`` patches (m =
-``spatial_merge_size``). Mask logits come out on a grid of ``H*s x W*s`` mask pixels, ``s x s`` per patch.
+Coordinates follow :mod:`padt.vision.geometry`: a "patch" is one vision-tower token on an image grid of H x W
+patches (H, W = ``grid_thw[1:]``); a merged cell is ``m x m`` patches (m = ``spatial_merge_size``). Mask logits
+come out on a grid of ``H*s x W*s`` mask pixels, ``s x s`` per patch.
 """
 
 from __future__ import annotations
@@ -118,42 +118,6 @@ def image_ranges(counts: torch.Tensor, object_image: torch.Tensor) -> tuple[torc
     obj_of_row = torch.repeat_interleave(torch.arange(lengths.numel(), device=counts.device), lengths)
     within = torch.arange(obj_of_row.numel(), device=counts.device) - obj_cu[obj_of_row]
     return starts[object_image][obj_of_row] + within, lengths
-
-
-def merge_block_token_rc(grid_hw: torch.Tensor, spatial_merge_size: int) -> torch.Tensor:
-    """(row, col) of every patch for high-res rows in merge-block order, images packed one after another.
-
-    Merge-block order lists merged cells (r', c') in raster order over the (H/m, W/m) grid and, inside each,
-    the m x m patches (i, j) in raster order; patch (r', c', i, j) sits at row ``r'*m + i``, col ``c'*m + j``.
-
-    Args:
-        grid_hw: LongTensor [I, 2] of (H, W) patch-grid sizes, multiples of m.
-        spatial_merge_size: m.
-
-    Returns:
-        LongTensor [sum H_i*W_i, 2].
-    """
-    m = spatial_merge_size
-    out = []
-    for h, w in grid_hw.tolist():
-        rr, cc, ii, jj = torch.meshgrid(
-            torch.arange(h // m), torch.arange(w // m), torch.arange(m), torch.arange(m), indexing="ij"
-        )
-        out.append(torch.stack(((rr * m + ii).flatten(), (cc * m + jj).flatten()), dim=-1))
-    if not out:
-        return torch.zeros(0, 2, dtype=torch.long, device=grid_hw.device)
-    return torch.cat(out).to(grid_hw.device)
-
-
-def raster_token_rc(grid_hw: torch.Tensor) -> torch.Tensor:
-    """(row, col) of every patch when high-res rows are in raster order (row p // W, col p % W)."""
-    out = []
-    for h, w in grid_hw.tolist():
-        p = torch.arange(h * w)
-        out.append(torch.stack((p // w, p % w), dim=-1))
-    if not out:
-        return torch.zeros(0, 2, dtype=torch.long, device=grid_hw.device)
-    return torch.cat(out).to(grid_hw.device)
 
 
 def first_subpatch_pe(high_pe: RotaryPE, spatial_merge_size: int) -> RotaryPE:

@@ -247,17 +247,58 @@ class PaDTDecoder(nn.Module):
         if num_obj == 0:
             return self._empty_output(grid_hw, mask_hw)
 
-        # ---- low-res memory: projected once per image; copied per object by the first memory update ----
         high_counts = grid_hw[:, 0] * grid_hw[:, 1]
+        low, mem, high_yx = self._low_res_memory(memory, grid_hw, high_counts, object_image, dtype)
+        query, query_seqs, token_pos = self._pack_queries(vrt_states, vrt_counts, mem, vrt_patches, dtype)
+        query_pos = query  # the initial queries stay the positional term of every block
+        ctx = _QueryContext(query_pos, query_seqs, resolve_backend(cfg.attn_implementation, query))
+        query, mem, per_image = self._run_blocks(self.low_res_blocks, query, mem, True, low, ctx)
+
+        high_index, high_lengths = image_ranges(high_counts, object_image)
+        high = _Level(_to(memory.high_pe, device), PackedSeqs.from_lengths(high_lengths), high_index)
+        if self.uses_high_res:
+            mem = self._high_res_memory(mem, memory, high_yx, high_index, per_image, dtype)
+            query, mem, per_image = self._run_blocks(self.high_res_blocks, query, mem, per_image, high, ctx)
+        return self._heads(query, token_pos, mem, per_image, high, memory.token_rc, grid_hw, mask_hw)
+
+    def _low_res_memory(
+        self,
+        memory: DecoderMemory,
+        grid_hw: torch.Tensor,
+        high_counts: torch.Tensor,
+        object_image: torch.Tensor,
+        dtype: torch.dtype,
+    ) -> tuple[_Level, torch.Tensor, torch.Tensor | None]:
+        """The low-res level, its memory [sum over images of merged cells, C] and the patch centres (or None).
+
+        The memory is projected once per image; the first memory update copies it per object. The (y, x) patch
+        centres [ΣN, 2] are returned for the high-res position encoding when ``memory_position_encoding`` is on.
+        """
+        cfg, device = self.config, grid_hw.device
         low_index, low_lengths = image_ranges(high_counts // cfg.spatial_merge_size**2, object_image)
         low = _Level(_to(memory.low_pe, device), PackedSeqs.from_lengths(low_lengths), low_index)
         mem = self.input_projection(memory.low_res.to(device=device, dtype=dtype))
+        high_yx = None
         if cfg.memory_position_encoding:
             high_yx = _normalised_centres(memory.token_rc.to(device), grid_hw, high_counts)
             low_yx = high_yx.view(-1, cfg.spatial_merge_size**2, 2).mean(dim=1)  # centre of each merge block
             mem = mem + sine_position_encoding(low_yx, cfg.hidden_size).to(dtype)
+        return low, mem, high_yx
 
-        # ---- queries: [box, score, mask, VRT_1..VRT_n] per object, packed ----
+    def _pack_queries(
+        self,
+        vrt_states: torch.Tensor,
+        vrt_counts: torch.Tensor,
+        low_mem: torch.Tensor,
+        vrt_patches: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, PackedSeqs, torch.Tensor]:
+        """Queries [box, score, mask, VRT_1..VRT_n] per object, packed: (queries [Tq, C], packing, task-token rows).
+
+        The task-token rows are object after object, ``NUM_TASK_TOKENS`` each.
+        """
+        cfg, device = self.config, vrt_counts.device
+        num_obj = vrt_counts.numel()
         query_seqs = PackedSeqs.from_lengths(vrt_counts + NUM_TASK_TOKENS)
         starts = query_seqs.cu_seqlens[:-1].long()
         token_pos = (starts[:, None] + torch.arange(NUM_TASK_TOKENS, device=device)).flatten()
@@ -266,37 +307,56 @@ class PaDTDecoder(nn.Module):
         vrt_pos = starts[vrt_obj] + NUM_TASK_TOKENS + vrt_rank
         vrt_queries = self.input_projection(vrt_states.to(dtype)) + self.vrt_embedding.weight
         if cfg.vrt_patch_features:
-            vrt_queries = vrt_queries + mem.index_select(0, vrt_patches.to(device=device, dtype=torch.long))
+            vrt_queries = vrt_queries + low_mem.index_select(0, vrt_patches.to(device=device, dtype=torch.long))
         task_queries = self.task_tokens.weight.expand(num_obj, -1, -1).flatten(0, 1)
         query = vrt_queries.new_zeros(int(query_seqs.cu_seqlens[-1]), cfg.hidden_size)
         query = query.index_copy(0, vrt_pos, vrt_queries).index_copy(0, token_pos, task_queries)
-        query_pos = query  # the initial queries stay the positional term of every block
+        return query, query_seqs, token_pos
 
-        ctx = _QueryContext(query_pos, query_seqs, resolve_backend(cfg.attn_implementation, query))
-        query, mem, per_image = self._run_blocks(self.low_res_blocks, query, mem, True, low, ctx)
+    def _high_res_memory(
+        self,
+        low_mem: torch.Tensor,
+        memory: DecoderMemory,
+        high_yx: torch.Tensor | None,
+        high_index: torch.Tensor,
+        per_image: bool,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """High-res memory: each low-res row broadcast to its m*m patches + the raw pre-merger features, normed.
 
-        # ---- high-res memory: each low-res row broadcast to its m*m patches + raw pre-merger features ----
-        high_index, high_lengths = image_ranges(high_counts, object_image)
-        high = _Level(_to(memory.high_pe, device), PackedSeqs.from_lengths(high_lengths), high_index)
-        if self.uses_high_res:
-            high_raw = memory.high_res.to(device=device, dtype=dtype)
-            if not per_image:
-                high_raw = high_raw.index_select(0, high_index)
-            mem = self.high_res_norm(mem.repeat_interleave(cfg.spatial_merge_size**2, dim=0) + high_raw)
-            if cfg.memory_position_encoding:
-                encoding = sine_position_encoding(high_yx, cfg.hidden_size).to(dtype)
-                mem = mem + (encoding if per_image else encoding.index_select(0, high_index))
-            query, mem, per_image = self._run_blocks(self.high_res_blocks, query, mem, per_image, high, ctx)
+        Per image while ``per_image`` holds (``low_mem`` is still one copy per image), else per object.
+        """
+        cfg = self.config
+        high_raw = memory.high_res.to(device=high_index.device, dtype=dtype)
+        if not per_image:
+            high_raw = high_raw.index_select(0, high_index)
+        mem = self.high_res_norm(low_mem.repeat_interleave(cfg.spatial_merge_size**2, dim=0) + high_raw)
+        if cfg.memory_position_encoding:
+            encoding = sine_position_encoding(high_yx, cfg.hidden_size).to(dtype)
+            mem = mem + (encoding if per_image else encoding.index_select(0, high_index))
+        return mem
 
-        # ---- heads ----
+    def _heads(
+        self,
+        query: torch.Tensor,
+        token_pos: torch.Tensor,
+        mem: torch.Tensor,
+        per_image: bool,
+        high: _Level,
+        token_rc: torch.Tensor,
+        grid_hw: torch.Tensor,
+        mask_hw: torch.Tensor,
+    ) -> DecoderOutput:
+        """Box, score and (with the mask head) mask outputs from the task tokens of the decoded queries."""
+        cfg = self.config
         tokens = query.index_select(0, token_pos).view(-1, NUM_TASK_TOKENS, cfg.hidden_size)
         boxes = self.box_head(tokens[:, BOX_TOKEN]).sigmoid()
         score_logits = self.score_head(tokens[:, SCORE_TOKEN]).squeeze(-1)
         mask_logits = None
         if cfg.mask_head:
             if per_image:  # no block updated the memory, so it is still one copy per image
-                mem = mem.index_select(0, high_index)
-            token_rc = memory.token_rc.to(device).index_select(0, high_index)
+                mem = mem.index_select(0, high.index)
+            token_rc = token_rc.to(grid_hw.device).index_select(0, high.index)
             mask_logits = self._mask_logits(tokens[:, MASK_TOKEN], mem, high.seqs, token_rc, grid_hw)
         return DecoderOutput(boxes=boxes, score_logits=score_logits, mask_logits=mask_logits, mask_hw=mask_hw)
 

@@ -57,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pipe is None:
         return 2
     image = np.asarray(load_image(args.image)) if args.image else drawn_scene()
-    geometry = pipe.processor.geometry(image)  # where the patches the model names lie on the image
     categories = [name.strip() for name in args.detect.split(",") if name.strip()]
     generation = {"max_new_tokens": args.max_new_tokens}
 
@@ -69,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiles = [(image, "input")]
     for title, output in answers:
         show(title, output)
-        tiles.append((draw_grounding(image, output, geometry=geometry), title))
+        tiles.append((draw_grounding(image, output), title))
     save_image(args.out, make_gallery(tiles, columns=2, tile_size=320))
     print(f"saved {args.out}")
     return 0

@@ -9,7 +9,9 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         ".box": ("box_loss",),
         ".box_ops": (
-            "box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "elementwise_box_iou", "elementwise_generalized_box_iou",
+            "box_area", "box_cxcywh_to_xyxy", "box_iou", "box_xywh_to_xyxy", "box_xyxy_to_cxcywh", "box_xyxy_to_xywh",
+            "clip_boxes", "elementwise_box_iou", "elementwise_generalized_box_iou", "normalised_to_pixels",
+            "pixels_to_normalised",
         ),
         ".criterion": ("LOSS_TERMS", "PaDTCriterion", "check_finite"),
         ".mask": ("mask_loss", "valid_from_hw"),

@@ -8,8 +8,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, Qwen2_5_VLConfig
 
-from padt.text.text_boxes import ANSWER_FORMATS
-from padt.vision.codec import PATCH_ORDERS
+from padt.text.answer_formats import get_answer_format
+from padt.vision.geometry import PATCH_ORDERS
 
 
 @strict
@@ -81,8 +81,7 @@ class PaDTConfig(Qwen2_5_VLConfig):
             raise ValueError(f"vrt_proj_rank must be at least 1, got {self.vrt_proj_rank}")
         if not math.isfinite(self.vrt_norm_init):
             raise ValueError(f"vrt_norm_init must be a finite number, got {self.vrt_norm_init}")
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        get_answer_format(self.answer_format)  # raises ValueError naming the known formats
         if self.num_vrt_per_object < 1:
             raise ValueError(f"num_vrt_per_object must be at least 1, got {self.num_vrt_per_object}")
         if self.prototype_position_encoding and not self.use_visual_prototype_projection:

@@ -24,23 +24,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
-from padt.datasets.patches import box_to_mask, box_to_rle, rle_to_mask, sample_vrt_patches
+from padt.datasets.patches import sample_vrt_patches
 from padt.datasets.records import GroundingObject, GroundingRecord, check_grid
+from padt.losses.box_ops import box_area, box_xyxy_to_xywh, normalised_to_pixels
 from padt.metrics import COCODetectionMetric, GroundedCaptionMetric, RECAccuracy, RESIoU
 from padt.results import GroundedOutput
 from padt.text.prompts import render_answer
 from padt.vision.images import load_image
+from padt.vision.masks import box_to_mask, box_to_rle, rle_to_mask
 
 TASKS = ("rec", "res", "ovd", "ric")
 #: The record task each evaluation task reads (RES is scored on REC records: they carry the masks).
 RECORD_TASK = {"rec": "rec", "res": "rec", "ovd": "ovd", "ric": "ric"}
 #: IoU thresholds of the REC accuracy; 0.5 is the paper's Acc@0.5.
 REC_THRESHOLDS = (0.5, 0.75, 0.9)
-#: VRTs per object in the teacher-forced answers (the training default, PADT_REFERENCE §2).
+#: VRTs per object in the teacher-forced answers (PaDT's training default).
 TEACHER_FORCED_VRTS = 5
 
 Mode = Literal["generate", "teacher_forced"]
@@ -119,7 +122,7 @@ def evaluate(
         raise ValueError("no records to evaluate")
     _check_records(records, tasks)
     if mode == "teacher_forced":
-        if getattr(pipeline, "answer_format", "vrt") == "text-boxes":
+        if not pipeline.answer_format.names_patches:
             raise ValueError(
                 "teacher-forced evaluation decodes ground-truth VRTs with the PaDT decoder; a text-boxes model "
                 "answers without VRTs: evaluate it in generate mode"
@@ -265,8 +268,9 @@ def _load(record: GroundingRecord, images_root: Path) -> Image.Image:
 
 # ---- ground truth --------------------------------------------------------------------------------------------
 def _gt_box(obj: GroundingObject, height: int, width: int) -> list[float]:
-    x1, y1, x2, y2 = obj.bbox
-    return [x1 * width, y1 * height, x2 * width, y2 * height]
+    """The object's xyxy box in pixels of its ``height`` x ``width`` image."""
+    # float64, so the pixels are those of Python float arithmetic on the record's numbers.
+    return normalised_to_pixels(torch.tensor(obj.bbox, dtype=torch.float64), (height, width)).tolist()
 
 
 def _gt_mask(obj: GroundingObject, height: int, width: int) -> np.ndarray:
@@ -311,15 +315,15 @@ def _ovd_ground_truth(
         height, width = r.image_hw if r.image_hw is not None else _load(r, images_root).size[::-1]
         images.append({"id": image_id, "file_name": r.image, "height": height, "width": width})
         for obj in r.objects:
-            x1, y1, x2, y2 = _gt_box(obj, height, width)
+            box = torch.tensor(_gt_box(obj, height, width), dtype=torch.float64)
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": categories[obj.label],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": obj.area or (x2 - x1) * (y2 - y1),
+                "bbox": box_xyxy_to_xywh(box).tolist(),
+                "area": obj.area or box_area(box).item(),
                 "iscrowd": obj.iscrowd,
-                "segmentation": obj.rle if obj.rle is not None else box_to_rle([x1, y1, x2, y2], height, width),
+                "segmentation": obj.rle if obj.rle is not None else box_to_rle(box.tolist(), height, width),
             })
     gt = {"images": images, "annotations": annotations,
           "categories": [{"id": i, "name": n} for n, i in categories.items()]}

@@ -19,6 +19,7 @@ The PaDT decoder (:class:`padt.decoders.PaDTDecoder`) turns VRT states into boxe
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,8 +34,11 @@ from padt.configuration import PaDTConfig
 from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
-from padt.vision.codec import VRTCodec, high_res_layout, merged_cell_centres, window_order
+from padt.decoders.memory import first_subpatch_pe
+from padt.vision.codec import VRTCodec
 from padt.vision.context import VisionContext, VisualPrototypes
+from padt.vision.geometry import high_res_layout, merged_cell_centres, window_order
+from padt.vision.queries import ObjectQueries
 
 
 class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
@@ -105,7 +109,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """Run the vision tower once and build the batch's :class:`VisionContext`.
 
         Args:
-            pixel_values: [ΣN, 3·2·14·14] flattened patches from the processor.
+            pixel_values: [ΣN, 3·2·patch²] flattened patches from the processor.
             image_grid_thw: [I, 3] (t, H, W) ViT grid per image.
             image_sample: [I] batch row of each image (default: one image per sample, in order).
             num_samples: batch size B (default: the number of images).
@@ -138,7 +142,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         high_pe = (cos[permutation], sin[permutation])
         # Low-res tokens take the rotary PE of the first sub-patch of their merge block (as the official
         # decoder does; in "official" order this is the window-ordered PE, reproducing its pairing).
-        low_pe = tuple(pe.view(-1, unit, pe.shape[-1])[:, 0] for pe in high_pe)
+        low_pe = first_subpatch_pe(high_pe, merge)
 
         cell_encoding = None
         if self.config.prototype_position_encoding:
@@ -247,8 +251,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        if vision is not None and vision.recorded is not None:
-            vision.recorded.append(hidden[:, -1])
+        if vision is not None and vision.recorder is not None:
+            vision.recorder.record(hidden[:, -1])
         kept = slice_logits_to_keep(hidden, logits_to_keep)
         logits = self.lm_head(kept)
         if vision is not None:
@@ -302,7 +306,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
         Returns what ``GenerationMixin.generate`` returns; generated VRTs carry batch-global ids (convert with
         ``vision.codec.to_local``). To get the states the decoder needs, pass a ``vision`` context from
-        :meth:`encode_images` after calling ``vision.start_recording()``, then call ``vision.stop_recording()``.
+        :meth:`encode_images` inside ``with vision.recording() as recorded:`` and read ``recorded.states()``.
         Beam search is not supported: its re-ordering of beams would scramble the recorded states.
         """
         generation_config = kwargs.get("generation_config") or self.generation_config
@@ -333,29 +337,89 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             model_kwargs["image_grid_thw"] = vision.grid_thw[index.to(vision.grid_thw.device)]
         return input_ids, model_kwargs
 
-    # ---- decoding objects --------------------------------------------------------------------------------
-    def decode_objects(
+    # ---- grounding ---------------------------------------------------------------------------------------
+    def teacher_forced(self, inputs: Any) -> TeacherForcedPass:
+        """One teacher-forced pass over a processor batch with answers: vision context and last-layer states.
+
+        ``inputs`` is what :class:`~padt.processing.PaDTProcessor` returns for (images, prompts, answers): local
+        VRT ids, ``pixel_values``, ``image_grid_thw``, ``image_sample``, ``attention_mask``, ``mm_token_type_ids``.
+        The pipeline (``decode_answer``), the training objective and the visualiser all run this one pass.
+        """
+        vision = self.encode_images(
+            inputs["pixel_values"], inputs["image_grid_thw"], inputs["image_sample"], inputs["input_ids"].shape[0]
+        )
+        input_ids = vision.codec.to_global(inputs["input_ids"])
+        hidden = self.answer_states(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
+        return TeacherForcedPass(vision, input_ids, hidden)
+
+    def ground(
         self,
         vision: VisionContext,
-        vrt_states: torch.Tensor,
-        vrt_counts: torch.Tensor,
-        object_image: torch.Tensor,
-        vrt_index: torch.Tensor | None = None,
-    ) -> DecoderOutput:
-        """Boxes, scores and masks of K objects, all in one decoder call.
+        states: torch.Tensor,
+        queries: ObjectQueries,
+        *,
+        use_prototypes: bool = False,
+        detach_memory: bool = False,
+    ) -> DecodedObjects:
+        """Boxes, scores and masks of the K objects ``queries`` names, all in one decoder call.
 
         Args:
             vision: the batch's context from :meth:`encode_images`.
-            vrt_states: [ΣQ, D] the last-layer states that predicted each object's VRTs, object after object.
-            vrt_counts: [K] VRTs per object.
-            object_image: [K] image index (into the batch's images) of each object.
-            vrt_index: [ΣQ] global VRT index (without V; a row of ``vision.prototypes``) of each VRT. Needed by
-                decoders with ``vrt_patch_features`` on; ignored by the others.
-
-        Returns the decoder's output: boxes [K, 4] as (cx, cy, w, h) normalised to the image, score logits
-        [K], mask logits [K, H·s, W·s] on the ViT patch grid (s sub-pixels per patch) with valid sizes.
+            states: [B, T, D] with ``states[b, t]`` the last-layer state that predicted token ``t`` (the recorded
+                generation steps, or :attr:`TeacherForcedPass.predicting_states`).
+            queries: the objects' VRTs and their positions on the ``T`` axis.
+            use_prototypes: decoder warm-up: read each VRT's prototype instead of the state that predicted it.
+            detach_memory: keep the decoder's losses from reaching the vision tower through its memory.
         """
-        return self.vrt_decoder(vrt_states, vrt_counts, object_image, vision.memory, vrt_patches=vrt_index)
+        rows = vision.codec.rows(queries.vrt_sample, queries.vrt_local)
+        if use_prototypes:
+            vrt_states = vision.prototypes[rows]
+        else:
+            vrt_states = states[queries.vrt_sample, queries.positions]
+        object_image = vision.codec.image_of_rows(rows[queries.first_vrt])
+        memory = vision.memory
+        if detach_memory:
+            memory = replace(memory, low_res=memory.low_res.detach(), high_res=memory.high_res.detach())
+        decoded = self.vrt_decoder(vrt_states, queries.vrt_counts, object_image, memory, vrt_patches=rows)
+        return DecodedObjects(decoded, object_image, rows, queries.vrt_counts)
+
+
+@dataclass
+class TeacherForcedPass:
+    """What one teacher-forced pass gives: the vision context, the batch-global ids and the last-layer states.
+
+    Attributes:
+        vision: the batch's :class:`~padt.vision.context.VisionContext`.
+        input_ids: [B, T] ids with batch-global VRT ids.
+        hidden: [B, T, D] last-layer states; ``hidden[:, t]`` predicts token ``t + 1``.
+    """
+
+    vision: VisionContext
+    input_ids: torch.Tensor
+    hidden: torch.Tensor
+
+    @property
+    def predicting_states(self) -> torch.Tensor:
+        """[B, T, D]: entry ``t`` is the state that predicted token ``t`` (zeros at ``t = 0``: nothing predicted it)."""
+        return F.pad(self.hidden[:, :-1], (0, 0, 1, 0))
+
+
+@dataclass
+class DecodedObjects:
+    """The decoder's predictions for K objects, with what the post-processor needs to place them.
+
+    Attributes:
+        output: boxes [K, 4] (cx, cy, w, h) normalised to the image, score logits [K], mask logits
+            [K, Hm, Wm] on the patch grid (zero-padded to the batch's largest image) and their valid sizes.
+        object_image: LongTensor [K], the batch image each object is in.
+        vrt_rows: LongTensor [ΣQ], the global VRT index (prototype row) of each VRT, object after object.
+        vrt_counts: LongTensor [K], VRTs per object.
+    """
+
+    output: DecoderOutput
+    object_image: torch.Tensor
+    vrt_rows: torch.Tensor
+    vrt_counts: torch.Tensor
 
 
 def _repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:

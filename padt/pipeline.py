@@ -12,14 +12,14 @@ from tqdm.auto import tqdm
 
 from padt.modeling import PaDTForConditionalGeneration
 from padt.official.checkpoint import is_official_layout, load_official_processor
-from padt.postprocess import boxes_to_pixels, mask_to_pixels
+from padt.postprocess import GroundingPostProcessor
 from padt.processing import PaDTProcessor
 from padt.results import GroundedObject, GroundedOutput
-from padt.text.parser import ParsedAnswer, parse_answer
+from padt.text.answer_formats import AnswerFormat, get_answer_format
 from padt.text.prompts import ovd_prompt, rec_prompt, ric_prompt
-from padt.text.text_boxes import parse_text_boxes
 from padt.vision.context import VisionContext
 from padt.vision.images import ImageInput
+from padt.vision.queries import queries_from_answers
 
 
 class PaDTPipeline:
@@ -60,6 +60,7 @@ class PaDTPipeline:
         self.processor = processor
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.postprocess = GroundingPostProcessor()
 
     @classmethod
     def from_pretrained(
@@ -82,9 +83,9 @@ class PaDTPipeline:
         self.processor.save_pretrained(path)
 
     @property
-    def answer_format(self) -> str:
-        """``"vrt"`` (PaDT) or ``"text-boxes"`` (the text-coordinate baseline), from the model's configuration."""
-        return getattr(self.model.config, "answer_format", "vrt")
+    def answer_format(self) -> AnswerFormat:
+        """How the model writes its objects (:mod:`padt.text.answer_formats`), from its configuration."""
+        return get_answer_format(getattr(self.model.config, "answer_format", "vrt"))
 
     # ---- tasks -------------------------------------------------------------------------------------------
     def refer(self, images, expressions: str | Sequence[str], **generate_kwargs: Any):
@@ -143,34 +144,22 @@ class PaDTPipeline:
         An answer naming a patch the image does not have raises ``ValueError``. For a text-box model the answer's
         JSON boxes are read as they are (there is nothing to decode).
         """
-        if self.answer_format == "text-boxes":
-            images = list(image) if isinstance(image, (list, tuple)) else [image]
-            geometries = [self.processor.geometry(i) for i in images]
-            return _text_box_output(answer, geometries, truncated=False)
         batch = self.processor(
             [image], [prompt if prompt is not None else ric_prompt()], answers=[answer]
         ).to(self.model.device)
-        vision = self._encode(batch)
-        input_ids = vision.codec.to_global(batch["input_ids"])
-        hidden = self.model.answer_states(input_ids, vision, batch["attention_mask"], batch["mm_token_type_ids"])
+        forced = self.model.teacher_forced(batch)
         answer_positions = batch["answer_mask"][0].nonzero().flatten()
         completion = batch["input_ids"][0, answer_positions]
-        # The state that predicted the answer token at position t is the state at t - 1.
-        states = hidden[0, answer_positions - 1]
-        parsed = self._parse(completion, require_labels)
-        return self._ground(vision, batch.geometries, [parsed], states[None])[0]
+        states = forced.predicting_states[0, answer_positions]  # [answer tokens, D], aligned with the completion
+        return self._ground(forced.vision, batch.geometries, [completion], states[None], require_labels)[0]
 
     # ---- internals ---------------------------------------------------------------------------------------
-    def _encode(self, batch) -> VisionContext:
-        return self.model.encode_images(
-            batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], batch["input_ids"].shape[0]
-        )
-
     def _generate_batch(self, images, prompts, require_labels, generate_kwargs) -> list[GroundedOutput]:
         batch = self.processor(images, prompts).to(self.model.device)
-        vision = self._encode(batch)
-        vision.start_recording()
-        try:
+        vision = self.model.encode_images(
+            batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], batch["input_ids"].shape[0]
+        )
+        with vision.recording() as recorded:
             sequences = self.model.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -178,72 +167,39 @@ class PaDTPipeline:
                 vision=vision,
                 **generate_kwargs,
             )
-        finally:
-            states = vision.stop_recording()
         completions = vision.codec.to_local(sequences[:, batch["input_ids"].shape[1]:])
-        if self.answer_format == "text-boxes":
-            return [self._parse_text_boxes(row, vision.codec, batch.geometries, b) for b, row in enumerate(completions)]
-        parsed = [self._parse(row, require_labels) for row in completions]
-        return self._ground(vision, batch.geometries, parsed, states)
+        return self._ground(vision, batch.geometries, list(completions), recorded.states(), require_labels)
 
-    def _parse(self, completion_ids: torch.Tensor, require_labels: bool) -> ParsedAnswer:
-        return parse_answer(
-            completion_ids.tolist(),
-            vrt_id_start=self.processor.vrt_id_start,
-            decode_text=self.processor.tokenizer.decode,
-            eos_ids=self.processor.eos_ids,
-            require_labels=require_labels,
-        )
+    def _ground(
+        self, vision: VisionContext, geometries, completions: list[torch.Tensor], states: torch.Tensor,
+        require_labels: bool,
+    ) -> list[GroundedOutput]:
+        """Read every completion, decode every object of every sample in one decoder call, in original pixels.
 
-    def _parse_text_boxes(self, completion_ids: torch.Tensor, codec, geometries, sample: int) -> GroundedOutput:
-        ids = completion_ids.tolist()
-        eos = set(self.processor.eos_ids)
-        end = next((i for i, token in enumerate(ids) if token in eos), None)
-        text = self.processor.decode(ids if end is None else ids[:end], skip_special_tokens=True)
-        mine = [geometries[i] for i in range(codec.num_images) if codec.image_sample[i] == sample]
-        return _text_box_output(text, mine, truncated=end is None)
-
-    def _ground(self, vision: VisionContext, geometries, parsed: list[ParsedAnswer], states: torch.Tensor):
-        """Decode every object of every sample in one decoder call; map results to original pixels."""
+        ``states[b, t]`` is the state that predicted token ``t`` of completion ``b``.
+        """
         codec = vision.codec
-        picked, counts, object_image, owners, vrt_index = [], [], [], [], []
-        spans = codec.sample_spans()
-        for b, answer in enumerate(parsed):
-            for obj in answer.objects:
-                positions = torch.tensor(obj.positions, device=states.device)
-                picked.append(states[b, positions])
-                vrt_index += [spans[b][0] + p for p in obj.patches]
-                counts.append(len(obj.positions))
-                image, _ = codec.local_to_image_patch(b, obj.patches[0])
-                object_image.append(image)
-                owners.append((b, obj))
-        outputs = [
-            GroundedOutput(a.text, [], list(a.problems), _sizes(codec, geometries, b)) for b, a in enumerate(parsed)
+        answers = [
+            self.answer_format.read(ids.tolist(), self.processor, [geometries[i] for i in codec.sample_images(b)],
+                                    require_labels)
+            for b, ids in enumerate(completions)
         ]
-        if not picked:
-            return outputs
-        device = states.device
-        decoded = self.model.decode_objects(
-            vision,
-            torch.cat(picked),
-            torch.tensor(counts, device=device),
-            torch.tensor(object_image, device=device),
-            torch.tensor(vrt_index, device=device),
-        )
-        scores = decoded.score_logits.float().sigmoid().tolist()
-        first_image_of_sample = _first_images(codec)
-        for k, (b, obj) in enumerate(owners):
-            image = object_image[k]
-            image_hw = geometries[image].original_hw
-            box = boxes_to_pixels(decoded.boxes[k : k + 1], image_hw)[0].tolist()
-            mask = None
-            if decoded.mask_logits is not None:
-                valid = tuple(int(v) for v in decoded.mask_hw[k])
-                mask = mask_to_pixels(decoded.mask_logits[k], valid, image_hw)
-            patches = [codec.local_to_image_patch(b, p)[1] for p in obj.patches]
-            outputs[b].objects.append(
-                GroundedObject(obj.label, patches, tuple(box), scores[k], mask, image - first_image_of_sample[b])
-            )
+        queries, owners = queries_from_answers(answers, codec, device=states.device)
+        decoded_objects = []
+        if owners:
+            decoded = self.model.ground(vision, states, queries)
+            decoded_objects = self.postprocess(decoded, codec, geometries, [obj.label for _, obj in owners])
+        outputs = []
+        for b, answer in enumerate(answers):
+            mine = [geometries[i] for i in codec.sample_images(b)]
+            outputs.append(GroundedOutput(answer.text, [], list(answer.problems), [g.original_hw for g in mine], mine))
+        decoded_by_object = {id(obj): grounded for (_, obj), grounded in zip(owners, decoded_objects)}
+        for b, answer in enumerate(answers):
+            for obj in answer.objects:
+                if id(obj) in decoded_by_object:
+                    outputs[b].objects.append(decoded_by_object[id(obj)])
+                elif obj.box is not None:  # read from the text (text-box answers): no patches, mask or confidence
+                    outputs[b].objects.append(GroundedObject(obj.label, [], obj.box, 1.0, None, 0))
         return outputs
 
     @staticmethod
@@ -258,26 +214,3 @@ def _as_list(images) -> tuple[list, bool]:
             raise ValueError("got an empty list of images")
         return list(images), False
     return [images], True
-
-
-def _text_box_output(text: str, geometries: list, *, truncated: bool) -> GroundedOutput:
-    """A text-box answer as a GroundedOutput: boxes read against the sample's first image, score 1.0, no mask."""
-    sizes = [g.original_hw for g in geometries]
-    if not geometries:
-        return GroundedOutput(text, [], ["the sample has no image to read the boxes against"], sizes)
-    boxes, problems = parse_text_boxes(text, geometries[0], truncated=truncated)
-    if len(geometries) > 1:
-        problems.append("the sample has several images; text boxes are read against the first")
-    objects = [GroundedObject(label, [], box, 1.0, None, 0) for label, box in boxes]
-    return GroundedOutput(text, objects, problems, sizes)
-
-
-def _first_images(codec) -> list[int]:
-    first = [0] * codec.num_samples
-    for image in reversed(range(codec.num_images)):
-        first[codec.image_sample[image]] = image
-    return first
-
-
-def _sizes(codec, geometries, sample: int) -> list[tuple[int, int]]:
-    return [geometries[i].original_hw for i in range(codec.num_images) if codec.image_sample[i] == sample]

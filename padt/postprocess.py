@@ -1,48 +1,91 @@
-"""From the decoder's normalised outputs to original-image pixels.
+"""From the decoder's outputs to :class:`~padt.results.GroundedObject`s in original-image pixels.
 
 The decoder predicts boxes as (cx, cy, w, h) normalised to the resized image, and masks as logits on a grid of
-``s x s`` sub-pixels per ViT patch. The processor stretches the whole image to the resized size (no padding),
-so normalised coordinates carry over to the original image unchanged: only a scale by the original size is
-needed.
+``s x s`` mask pixels per ViT patch. The processor stretches the whole image to its resized size (no padding),
+so normalised coordinates carry over to the original image unchanged (:mod:`padt.vision.geometry`): boxes only
+need a scale by the original size, masks a resize to it. Work is batched per image.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """[..., 4] (cx, cy, w, h) -> [..., 4] (x1, y1, x2, y2), same units."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-
-
-def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """[..., 4] (x1, y1, x2, y2) -> [..., 4] (cx, cy, w, h), same units."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+from padt.losses.box_ops import box_cxcywh_to_xyxy, clip_boxes, normalised_to_pixels
+from padt.modeling import DecodedObjects
+from padt.results import GroundedObject
+from padt.vision.codec import VRTCodec
+from padt.vision.geometry import ImageGeometry
 
 
-def boxes_to_pixels(boxes_cxcywh: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
-    """[K, 4] normalised (cx, cy, w, h) -> [K, 4] (x1, y1, x2, y2) in pixels of an image of ``image_hw``.
+class GroundingPostProcessor:
+    """Turns a batch's :class:`~padt.modeling.DecodedObjects` into grounded objects, in the manner of DETR's
+    post-processors.
 
-    Boxes are clipped to the image, so ``0 <= x1 <= x2 <= width`` and ``0 <= y1 <= y2 <= height``.
+    Args:
+        mask_threshold: mask logit above which a pixel belongs to the object (0: probability 0.5, as the
+            reference evaluation thresholds).
     """
-    height, width = image_hw
-    xyxy = cxcywh_to_xyxy(boxes_cxcywh.float()).clamp(0.0, 1.0)
-    scale = xyxy.new_tensor([width, height, width, height])
-    return xyxy * scale
+
+    def __init__(self, mask_threshold: float = 0.0) -> None:
+        self.mask_threshold = mask_threshold
+
+    def __call__(
+        self, decoded: DecodedObjects, codec: VRTCodec, geometries: Sequence[ImageGeometry], labels: Sequence[str]
+    ) -> list[GroundedObject]:
+        """One :class:`GroundedObject` per decoded object, in the decoder's order.
+
+        Args:
+            decoded: the decoder's K objects.
+            codec: the batch's VRT id space (which image of which sample each VRT names).
+            geometries: one per batch image, in the processor's order.
+            labels: the K objects' labels.
+
+        Boxes are xyxy in original pixels, clipped to the image; scores ``sigmoid(logit)``; masks bool arrays of
+        the original size (``None`` without a mask head); patches raster indices on the object's own image.
+        """
+        images = decoded.object_image.tolist()
+        boxes = self.boxes(decoded, geometries)
+        masks = self.masks(decoded, geometries)
+        scores = decoded.output.score_logits.float().sigmoid().tolist()
+        patches = codec.patch_in_image(decoded.vrt_rows).split(decoded.vrt_counts.tolist())
+        first_image = codec.first_images()
+        return [
+            GroundedObject(
+                labels[k], patches[k].tolist(), tuple(boxes[k].tolist()), scores[k], masks[k],
+                image - first_image[codec.image_sample[image]],
+            )
+            for k, image in enumerate(images)
+        ]
+
+    def boxes(self, decoded: DecodedObjects, geometries: Sequence[ImageGeometry]) -> torch.Tensor:
+        """[K, 4] xyxy boxes in original pixels of each object's image, clipped to it."""
+        normalised = clip_boxes(box_cxcywh_to_xyxy(decoded.output.boxes.float()))
+        pixels = torch.empty_like(normalised)
+        for image, index in _objects_per_image(decoded.object_image):
+            pixels[index] = normalised_to_pixels(normalised[index], geometries[image].original_hw)
+        return pixels.cpu()
+
+    def masks(self, decoded: DecodedObjects, geometries: Sequence[ImageGeometry]) -> list[np.ndarray | None]:
+        """Bool masks of each object's original image size: the valid part of the mask logits, resized
+        bilinearly, thresholded. ``None`` for every object when the decoder has no mask head."""
+        output = decoded.output
+        masks: list[np.ndarray | None] = [None] * len(decoded.object_image)
+        if output.mask_logits is None:
+            return masks
+        for image, index in _objects_per_image(decoded.object_image):
+            valid_h, valid_w = (int(v) for v in output.mask_hw[index[0]])  # the same for every object of an image
+            logits = output.mask_logits[index, :valid_h, :valid_w].float()[:, None]
+            resized = F.interpolate(logits, size=tuple(geometries[image].original_hw), mode="bilinear",
+                                    align_corners=False)[:, 0]
+            for k, mask in zip(index.tolist(), (resized > self.mask_threshold).cpu().numpy()):
+                masks[k] = mask
+        return masks
 
 
-def mask_to_pixels(mask_logits: torch.Tensor, valid_hw: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
-    """Mask logits [Hm, Wm] (padded) -> bool [H, W] mask of the original image.
-
-    The valid ``valid_hw`` corner is resized bilinearly to the original size and thresholded at logit 0
-    (probability 0.5), as the reference evaluation does.
-    """
-    vh, vw = valid_hw
-    logits = mask_logits[:vh, :vw].float()[None, None]
-    resized = F.interpolate(logits, size=tuple(image_hw), mode="bilinear", align_corners=False)[0, 0]
-    return (resized > 0).cpu().numpy()
+def _objects_per_image(object_image: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """``(image, indices of its objects)`` for every image that has objects."""
+    return [(int(image), (object_image == image).nonzero().flatten()) for image in object_image.unique()]

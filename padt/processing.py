@@ -20,24 +20,25 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from padt.text.parser import ParsedAnswer, parse_answer
+from padt.text.answer_formats import get_answer_format
+from padt.text.parser import ParsedAnswer
 from padt.text.prompts import VRT_PATTERN, vrt_token
 from padt.text.qwen_tokenizer import QWEN2_5_VL_CHAT_TEMPLATE
-from padt.vision.images import (
+from padt.vision.geometry import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
+    QWEN2_5_VL_MERGE_SIZE,
+    QWEN2_5_VL_PATCH_SIZE,
+    GridSpec,
     ImageGeometry,
-    ImageInput,
-    image_geometry,
-    load_image,
-    upscale_tiny,
 )
+from padt.vision.images import ImageInput, load_image
 
 
 class PaDTBatch(BatchFeature):
     """A :class:`~transformers.BatchFeature` that also carries ``geometries`` outside the tensor dict.
 
-    ``geometries`` is a list with one :class:`padt.vision.images.ImageGeometry` per image, in the order of
+    ``geometries`` is a list with one :class:`padt.vision.geometry.ImageGeometry` per image, in the order of
     ``image_grid_thw`` (sample order, then image order inside a sample). It is an attribute rather than a key so
     that ``batch.to(device)`` and tensor conversion never touch it; ``.to()`` returns the same object, so it stays.
     """
@@ -100,8 +101,8 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         vrt_id_start: int | None,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        patch_size: int = 14,
-        merge_size: int = 2,
+        patch_size: int = QWEN2_5_VL_PATCH_SIZE,
+        merge_size: int = QWEN2_5_VL_MERGE_SIZE,
     ) -> PaDTProcessor:
         """A processor over ``tokenizer`` with the given pixel budget (defaults: the official PaDT budget)."""
         if not 0 < min_pixels <= max_pixels:
@@ -148,23 +149,20 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         """:func:`padt.vision.images.load_image`: RGB PIL image, EXIF orientation applied."""
         return load_image(image)
 
+    @property
+    def grid_spec(self) -> GridSpec:
+        """The settings that decide every image's grid: patch and merge sizes, pixel budget."""
+        return GridSpec(self.patch_size, self.merge_size, self.min_pixels, self.max_pixels)
+
     def geometry(self, image: Image.Image | ImageInput) -> ImageGeometry:
         """Where ``image`` (a loaded PIL image, or anything :meth:`load` takes) lands on this processor's grids."""
         pil = image if isinstance(image, Image.Image) else self.load(image)
-        return image_geometry(
-            pil.height,
-            pil.width,
-            patch_size=self.patch_size,
-            merge_size=self.merge_size,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-        )
+        return self.grid_spec.geometry(pil.height, pil.width)
 
     def _load_for_model(self, image: ImageInput) -> tuple[Image.Image, ImageGeometry]:
         pil = self.load(image)
         geometry = self.geometry(pil)  # also rejects aspect ratios beyond Qwen's 200:1, naming them
-        cell = self.patch_size * self.merge_size
-        size = upscale_tiny(pil.height, pil.width, cell)
+        size = self.grid_spec.upscaled_size(pil.height, pil.width)
         if size != (pil.height, pil.width):
             # Upscale before the image processor so its smart_resize starts from the size geometry() assumed.
             pil = pil.resize((size[1], size[0]), Image.Resampling.LANCZOS)
@@ -211,13 +209,9 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
 
     def parse(self, completion_ids: Sequence[int] | torch.Tensor, *, require_labels: bool = True) -> ParsedAnswer:
         """:func:`padt.text.parser.parse_answer` with this tokenizer, ``vrt_id_start`` and the Qwen end tokens."""
-        return parse_answer(
-            completion_ids,
-            vrt_id_start=self._vrt_start(),
-            decode_text=lambda run: self.tokenizer.decode(run, skip_special_tokens=True),
-            eos_ids=self.eos_ids,
-            require_labels=require_labels,
-        )
+        self._vrt_start()  # a clear error when it is not set
+        values = completion_ids.tolist() if isinstance(completion_ids, torch.Tensor) else completion_ids
+        return get_answer_format("vrt").read(values, self, [], require_labels)
 
     def build_prompt(self, prompt: str, num_images: int = 1, add_generation_prompt: bool = True) -> str:
         """Chat-template text of one user turn: ``num_images`` image placeholders, then ``prompt``."""
@@ -264,34 +258,30 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
 
         Returns:
             :class:`PaDTBatch` with ``input_ids`` [B, T] (local VRT ids inside answers), ``attention_mask`` [B, T],
-            ``mm_token_type_ids`` [B, T] (1 on ``<|image_pad|>``, else 0), ``pixel_values`` [ΣN, 3·2·14·14] and
+            ``mm_token_type_ids`` [B, T] (1 on ``<|image_pad|>``, else 0), ``pixel_values`` [ΣN, 3·2·patch²] and
             ``image_grid_thw`` [I, 3] (absent when no sample has an image), ``image_sample`` [I] (batch row of each
             image), ``answer_mask`` bool [B, T] (answers only: the answer tokens and their ``<|im_end|>``), and the
             attribute ``geometries`` (one ImageGeometry per image).
         """
-        single = isinstance(prompts, str)
-        prompt_list = [prompts] if single else list(prompts)
-        if not prompt_list:
-            raise ValueError("prompts is empty")
-        if single:
-            per_sample = [list(images) if isinstance(images, (list, tuple)) else [images]]
-        else:
-            if not isinstance(images, (list, tuple)) or len(images) != len(prompt_list):
-                raise ValueError(f"images must be a list with one entry per prompt ({len(prompt_list)} prompts)")
-            per_sample = [
-                [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item] for item in images
-            ]
-        answer_list: list[str] | None = None
-        if answers is not None:
-            answer_list = [answers] if isinstance(answers, str) else list(answers)
-            if len(answer_list) != len(prompt_list) or not all(isinstance(a, str) for a in answer_list):
-                raise ValueError(f"answers must be one string per prompt ({len(prompt_list)} prompts)")
-            if not add_generation_prompt:
-                raise ValueError("answers follow the generation prompt; add_generation_prompt must be True")
+        prompt_list, per_sample, answer_list = _split_samples(images, prompts, answers)
+        if answer_list is not None and not add_generation_prompt:
+            raise ValueError("answers follow the generation prompt; add_generation_prompt must be True")
         side = padding_side or ("right" if answer_list is not None else "left")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        encoded, flat, geometries, owners = self._encode_prompts(prompt_list, per_sample, add_generation_prompt)
+        rows, answer_flags = self._rows(encoded["input_ids"], answer_list, geometries, owners)
+        data = self._padded(rows, answer_flags, side)
+        if flat:
+            data["pixel_values"] = torch.as_tensor(encoded["pixel_values"], dtype=torch.float32)
+            data["image_grid_thw"] = torch.as_tensor(encoded["image_grid_thw"], dtype=torch.long)
+        data["image_sample"] = torch.tensor(owners, dtype=torch.long)
+        if answer_list is None:
+            del data["answer_mask"]
+        return PaDTBatch(data, geometries)
 
+    def _encode_prompts(self, prompt_list, per_sample, add_generation_prompt: bool):
+        """Chat-template every sample, load its images and run the HF processor once over the batch."""
         texts, flat, geometries, owners = [], [], [], []
         for b, (prompt, sample_images) in enumerate(zip(prompt_list, per_sample)):
             if not isinstance(prompt, str) or not prompt.strip():
@@ -303,30 +293,39 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
                 geometries.append(geometry)
                 owners.append(b)
         encoded = ProcessorMixin.__call__(self, images=flat or None, text=texts, padding=False, return_tensors=None)
-        grid = torch.as_tensor(encoded["image_grid_thw"], dtype=torch.long) if flat else None
         for index, geometry in enumerate(geometries):
-            expected = [1, *geometry.patch_grid_hw]
-            if grid is not None and grid[index].tolist() != expected:  # invariant: geometry() mirrors the processor
-                raise RuntimeError(f"image {index}: processor grid {grid[index].tolist()} != geometry {expected}")
+            got = [int(v) for v in encoded["image_grid_thw"][index]]
+            if got != [1, *geometry.patch_grid_hw]:  # invariant: geometry() mirrors the image processor
+                raise RuntimeError(f"image {index}: processor grid {got} != geometry {[1, *geometry.patch_grid_hw]}")
+        return encoded, flat, geometries, owners
 
+    def _rows(self, prompt_rows, answer_list, geometries, owners) -> tuple[list[list[int]], list[list[bool]]]:
+        """Each sample's ids (prompt, then answer and ``<|im_end|>``) and which of them belong to the answer."""
         rows, answer_flags = [], []
-        for b, prompt_ids in enumerate(encoded["input_ids"]):
+        for b, prompt_ids in enumerate(prompt_rows):
             ids = list(prompt_ids)
             flags = [False] * len(ids)
             if answer_list is not None:
-                answer_ids = self.encode_text(answer_list[b]) + [self.eos_token_id]
                 patches = sum(g.num_vrts for g, owner in zip(geometries, owners) if owner == b)
-                bad = [i - self._vrt_start() for i in answer_ids if i >= self._vrt_start() + patches]
-                if bad:
-                    raise ValueError(
-                        f"answer {b} names <|VRT_{bad[0]}|> but its image(s) have only {patches} patches "
-                        f"(valid VRT indices 0..{patches - 1})"
-                    )
+                answer_ids = self._answer_ids(answer_list[b], b, patches)
                 ids += answer_ids
                 flags += [True] * len(answer_ids)
             rows.append(ids)
             answer_flags.append(flags)
+        return rows, answer_flags
 
+    def _answer_ids(self, answer: str, sample: int, patches: int) -> list[int]:
+        answer_ids = self.encode_text(answer) + [self.eos_token_id]
+        bad = [i - self._vrt_start() for i in answer_ids if i >= self._vrt_start() + patches]
+        if bad:
+            raise ValueError(
+                f"answer {sample} names <|VRT_{bad[0]}|> but its image(s) have only {patches} patches "
+                f"(valid VRT indices 0..{patches - 1})"
+            )
+        return answer_ids
+
+    def _padded(self, rows: list[list[int]], answer_flags: list[list[bool]], side: str) -> dict[str, Any]:
+        """``input_ids``, ``attention_mask``, ``mm_token_type_ids`` and ``answer_mask``, padded on ``side``."""
         length = max(len(r) for r in rows)
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
@@ -339,19 +338,35 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
             input_ids[b, cols] = torch.tensor(ids, dtype=torch.long)
             attention[b, cols] = 1
             answer_mask[b, cols] = torch.tensor(flags, dtype=torch.bool)
-        data: dict[str, Any] = {
+        return {
             "input_ids": input_ids,
             "attention_mask": attention,
             # image tokens only: VRT ids (>= V) are text for M-RoPE, and padding is never an image token
             "mm_token_type_ids": ((input_ids == self.image_token_id) & (attention == 1)).long(),
+            "answer_mask": answer_mask,
         }
-        if flat:
-            data["pixel_values"] = torch.as_tensor(encoded["pixel_values"], dtype=torch.float32)
-            data["image_grid_thw"] = grid
-        data["image_sample"] = torch.tensor(owners, dtype=torch.long)
-        if answer_list is not None:
-            data["answer_mask"] = answer_mask
-        return PaDTBatch(data, geometries)
+
+
+def _split_samples(images, prompts, answers) -> tuple[list[str], list[list], list[str] | None]:
+    """The batch as per-sample lists: prompts, each sample's images, answers (or ``None``)."""
+    single = isinstance(prompts, str)
+    prompt_list = [prompts] if single else list(prompts)
+    if not prompt_list:
+        raise ValueError("prompts is empty")
+    if single:
+        per_sample = [list(images) if isinstance(images, (list, tuple)) else [images]]
+    else:
+        if not isinstance(images, (list, tuple)) or len(images) != len(prompt_list):
+            raise ValueError(f"images must be a list with one entry per prompt ({len(prompt_list)} prompts)")
+        per_sample = [
+            [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item] for item in images
+        ]
+    answer_list: list[str] | None = None
+    if answers is not None:
+        answer_list = [answers] if isinstance(answers, str) else list(answers)
+        if len(answer_list) != len(prompt_list) or not all(isinstance(a, str) for a in answer_list):
+            raise ValueError(f"answers must be one string per prompt ({len(prompt_list)} prompts)")
+    return prompt_list, per_sample, answer_list
 
 
 __all__ = ["PaDTBatch", "PaDTProcessor"]

@@ -16,6 +16,7 @@ from padt.modeling import PaDTForConditionalGeneration
 from padt.pipeline import PaDTPipeline
 from padt.processing import PaDTProcessor
 from padt.text.qwen_tokenizer import build_tiny_tokenizer
+from padt.vision.geometry import QWEN2_5_VL_MERGE_SIZE, QWEN2_5_VL_PATCH_SIZE
 
 #: Pixel budget of the tiny model: 224x224 images give a 8x8 merged grid (64 VRTs).
 TINY_MIN_PIXELS = 56 * 56
@@ -51,8 +52,8 @@ def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
         out_hidden_size=128,
         fullatt_block_indexes=[1],
         window_size=112,
-        patch_size=14,
-        spatial_merge_size=2,
+        patch_size=QWEN2_5_VL_PATCH_SIZE,
+        spatial_merge_size=QWEN2_5_VL_MERGE_SIZE,
     )
     # At width 64 the reference's N(0, 0.02) init nearly silences the 3-layer box MLP; ~1/sqrt(64) trains fast.
     # Position encodings in the decoder's memory let the box head read coordinates (see PaDTDecoderConfig).

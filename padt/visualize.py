@@ -7,7 +7,7 @@ raster indices ``k = row * W' + col`` on the image's merged grid ``(H', W')``.
 
 The merged grid covers the whole original image, because the processor *stretches* the image to its resized
 size: cell ``(r, c)`` spans ``x`` in ``[c * W / W', (c + 1) * W / W')`` and ``y`` in ``[r * H / H', (r + 1) * H / H')``
-of the original image (:func:`cell_bounds`).
+of the original image (:meth:`padt.vision.geometry.ImageGeometry.cell_bounds`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import numpy as np
 
 from padt.results import GroundedOutput
 from padt.text.prompts import vrt_token
-from padt.vision.images import ImageGeometry, load_image
+from padt.vision.geometry import ImageGeometry
+from padt.vision.images import load_image
 
 if TYPE_CHECKING:
     from padt.pipeline import PaDTPipeline
@@ -52,29 +53,11 @@ def as_rgb_array(image: Any) -> np.ndarray:
     return np.array(load_image(image), dtype=np.uint8)
 
 
-def cell_bounds(row: int, col: int, geometry: ImageGeometry) -> tuple[int, int, int, int]:
-    """Pixel rectangle ``(x0, y0, x1, y1)`` of merged-grid cell ``(row, col)`` in the original image.
-
-    Inclusive pixel coordinates: the cell's left column is ``x0`` and its right column is ``x1``; neighbouring
-    cells share no pixel and together cover the image.
-    """
-    height, width = geometry.original_hw
-    rows, cols = geometry.merged_grid_hw
-    xs, ys = _edges(width, cols), _edges(height, rows)
-    x0, y0 = int(xs[col]), int(ys[row])
-    return x0, y0, max(x0, int(xs[col + 1]) - 1), max(y0, int(ys[row + 1]) - 1)
-
-
-def _edges(size: int, cells: int) -> np.ndarray:
-    """Pixel where each of ``cells`` equal parts of ``size`` starts, plus ``size``: ``round(k * size / cells)``."""
-    return np.rint(np.arange(cells + 1) * size / cells).astype(np.int64)
-
-
 def _check_geometry(geometry: ImageGeometry, shape: tuple[int, ...]) -> None:
     if tuple(geometry.original_hw) != tuple(shape[:2]):
         raise ValueError(
             f"the geometry is for a {geometry.original_hw[0]}x{geometry.original_hw[1]} image but the image is "
-            f"{shape[0]}x{shape[1]} (height x width): pass processor.geometry(image) of this image"
+            f"{shape[0]}x{shape[1]} (height x width): draw the output on the image it belongs to"
         )
 
 
@@ -113,7 +96,6 @@ def draw_grounding(
     image: Any,
     output: GroundedOutput,
     *,
-    geometry: ImageGeometry | None = None,
     image_index: int = 0,
     show_masks: bool = True,
     show_boxes: bool = True,
@@ -125,17 +107,17 @@ def draw_grounding(
 
     Each object gets its own colour (:func:`object_color` of its index in ``output.objects``). Masks become
     translucent fills (opacity ``alpha``) with a contour; patches the cells of the merged grid the object's VRTs
-    named, outlined (needs ``geometry``, from ``processor.geometry(image)``; without it patches are not drawn);
-    boxes rectangles with a ``"label score"`` caption.
+    named, outlined (on the merged grid ``output.geometries`` records; an output without geometries, such as
+    one built by hand, gets no patches drawn); boxes rectangles with a ``"label score"`` caption.
 
     Args:
         image: the original image the output belongs to (``output.image_sizes[image_index]`` in size).
         output: the pipeline's answer for this image.
-        geometry: where the image lands on the model's grids; needed for ``show_patches``.
         image_index: for multi-image samples, which of the sample's images ``image`` is; only objects in that
             image are drawn.
     """
     canvas = as_rgb_array(image)
+    geometry = output.geometries[image_index] if image_index < len(output.geometries) else None
     if geometry is not None:
         _check_geometry(geometry, canvas.shape)
     if not 0.0 <= alpha <= 1.0:
@@ -157,12 +139,11 @@ def draw_grounding(
             cv2.drawContours(canvas, contours, -1, object_color(i), thickness)
 
     if show_patches and geometry is not None:
-        cols = geometry.merged_grid_hw[1]
         for i, obj in objects:
             for patch in sorted(set(obj.patches)):
                 if not 0 <= patch < geometry.num_vrts:
                     raise ValueError(f"object {i}: patch {patch} is outside the image's {geometry.num_vrts} cells")
-                x0, y0, x1, y1 = cell_bounds(patch // cols, patch % cols, geometry)
+                x0, y0, x1, y1 = geometry.cell_bounds(*geometry.cell_rc(patch))
                 cv2.rectangle(canvas, (x0, y0), (x1, y1), object_color(i), 1)
 
     boxes = [(i, obj, [round(v) for v in obj.box]) for i, obj in objects]
@@ -194,7 +175,7 @@ def vrt_heatmap(
 
     Args:
         probabilities: ``[H', W']`` or ``[H' * W']`` (raster order) values, numpy or torch; NaN/inf count as 0.
-        geometry: the image's :class:`~padt.vision.images.ImageGeometry` (its merged grid and original size).
+        geometry: the image's :class:`~padt.vision.geometry.ImageGeometry` (its merged grid and original size).
         alpha: opacity of the colour map where the value is largest; it falls linearly to 0 (the image as it is)
             where the value is 0.
         normalize: scale so the largest value gets the top colour (the peak of a flat 64-way distribution is
@@ -213,8 +194,9 @@ def vrt_heatmap(
     levels = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
     # Paint each cell over exactly the pixels cell_bounds gives it (a plain resize rounds cell edges differently).
     height, width = canvas.shape[:2]
-    row_of = np.searchsorted(_edges(height, rows)[1:-1], np.arange(height), side="right")
-    col_of = np.searchsorted(_edges(width, cols)[1:-1], np.arange(width), side="right")
+    xs, ys = geometry.cell_edges()
+    row_of = np.searchsorted(ys[1:-1], np.arange(height), side="right")
+    col_of = np.searchsorted(xs[1:-1], np.arange(width), side="right")
     full = levels[row_of[:, None], col_of[None, :]]
     colored = cv2.cvtColor(cv2.applyColorMap(full, colormap), cv2.COLOR_BGR2RGB).astype(np.float32)
     # Colour in proportion to the value: cells the model gives no mass keep the image as it is.
@@ -259,21 +241,14 @@ def vrt_step_probabilities(
     batch = processor([pil], [prompt], answers=[output.text]).to(model.device)
     vocab = model.text_vocab_size
     with torch.no_grad():
-        vision = model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], 1)
-        logits = model(
-            input_ids=vision.codec.to_global(batch["input_ids"]),
-            attention_mask=batch["attention_mask"],
-            mm_token_type_ids=batch["mm_token_type_ids"],
-            vision=vision,
-        ).logits[0]
-    ids = batch["input_ids"][0]
-    positions = (batch["answer_mask"][0] & (ids >= vocab)).nonzero().flatten().tolist()
-    start, end = vision.codec.sample_spans()[0]
-    steps = []
-    for t in positions:
-        # The logits at t - 1 predicted token t; keep only this image's patches (the rest are masked to -inf).
-        probabilities = torch.softmax(logits[t - 1, vocab + start : vocab + end].float(), dim=-1).cpu()
-        steps.append((vrt_token(int(ids[t]) - vocab), probabilities))
+        forced = model.teacher_forced(batch)
+        ids = batch["input_ids"][0]
+        positions = (batch["answer_mask"][0] & (ids >= vocab)).nonzero().flatten()
+        # The VRT logits of the states that predicted those tokens, over this image's patches only.
+        logits = model.vrt_logits(forced.predicting_states[:, positions], forced.vision)[0]
+    start, end = forced.vision.codec.sample_spans()[0]
+    probabilities = torch.softmax(logits[:, start:end].float(), dim=-1).cpu()
+    steps = [(vrt_token(int(ids[t]) - vocab), p) for t, p in zip(positions.tolist(), probabilities)]
     return batch.geometries[0], steps
 
 
@@ -357,7 +332,6 @@ def save_image(path: str | Path, array: Any) -> Path:
 __all__ = [
     "PALETTE",
     "as_rgb_array",
-    "cell_bounds",
     "draw_caption",
     "draw_grounding",
     "make_gallery",

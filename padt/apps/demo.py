@@ -169,7 +169,7 @@ def write_gallery(pipeline, scenes: dict[str, Path], out: Path) -> Path:
     outputs = pipeline.ask(loaded, [record.prompt for _, record, _ in picks])
     tiles = []
     for (task, record, options), image, output in zip(picks, loaded, outputs):
-        drawn = draw_grounding(image, output, geometry=pipeline.processor.geometry(image), **options)
+        drawn = draw_grounding(image, output, **options)
         tiles.append((drawn, f"{task}: {_prompt_subject(record.prompt)}"))
     return save_image(out, make_gallery(tiles, columns=3, tile_size=288))
 

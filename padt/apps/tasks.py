@@ -109,10 +109,9 @@ def summary(output: GroundedOutput) -> str:
     return "\n".join(lines)
 
 
-def render(pipeline: PaDTPipeline, image: Any, output: GroundedOutput) -> np.ndarray:
-    """The overlay picture of ``output`` on ``image`` (patch cells from the pipeline's processor geometry)."""
+def render(image: Any, output: GroundedOutput) -> np.ndarray:
+    """The overlay picture of ``output`` on ``image`` (patch cells on the grid the output records)."""
     from padt.visualize import draw_grounding
 
-    pil = pipeline.processor.load(image)
-    return draw_grounding(pil, output, geometry=pipeline.processor.geometry(pil))
+    return draw_grounding(image, output)
 

@@ -68,7 +68,7 @@ def build_app(pipeline: PaDTPipeline, *, max_new_tokens: int = 256) -> gr.Blocks
         if heatmaps:
             steps = vrt_step_heatmaps(pipeline, image, prompt, output=output, require_labels=require_labels)
         gallery = [(heatmap, f"step {n}: {token}") for n, (token, heatmap) in enumerate(steps)]
-        return render(pipeline, image, output), output.text, json.dumps(record, indent=2), gallery
+        return render(image, output), output.text, json.dumps(record, indent=2), gallery
 
     with gr.Blocks(title="PaDT demo", analytics_enabled=False) as app:
         gr.Markdown(

@@ -12,17 +12,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from padt.vision.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, GridSpec
+
 if TYPE_CHECKING:
-    from padt.datasets.records import GridSpec, GroundingRecord
+    from padt.datasets.records import GroundingRecord
     from padt.datasets.summary import ConversionSummary
-
-#: Qwen2.5-VL's ViT patch and merge sizes; the patches of every record are computed on this grid.
-PATCH_SIZE, MERGE_SIZE = 14, 2
-#: ``padt.vision.images.DEFAULT_MIN_PIXELS`` / ``DEFAULT_MAX_PIXELS``, repeated to keep the parser import-light
-#: (a test checks they agree).
-DEFAULT_MIN_PIXELS = 56 * 56
-DEFAULT_MAX_PIXELS = 28 * 28 * 16384
-
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``convert`` and its subcommands to ``subparsers`` (from ``parser.add_subparsers()``)."""
@@ -151,9 +145,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _grid(args: argparse.Namespace) -> GridSpec:
-    from padt.datasets.records import GridSpec
-
-    return GridSpec(PATCH_SIZE, MERGE_SIZE, args.min_pixels, args.max_pixels)
+    return GridSpec(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
 
 
 def _finish(args: argparse.Namespace, records: list[GroundingRecord], summary: ConversionSummary) -> int:

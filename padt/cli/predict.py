@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     print(summary(output))
 
     out_path = Path(args.out) if args.out else Path(f"{image_path.stem}.padt.png")
-    save_image(out_path, render(pipeline, image, output))
+    save_image(out_path, render(image, output))
     print(f"overlay: {out_path}")
     if args.json_path:
         record = output_record(output, task=task, prompt=prompt, image=str(image_path), model=str(model_dir))
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"json: {json_path}")
     if args.heatmaps:
         steps = vrt_step_heatmaps(pipeline, image, prompt, output=output, require_labels=require_labels)
-        tiles = [(render(pipeline, image, output), "answer")]
+        tiles = [(render(image, output), "answer")]
         tiles += [(heatmap, f"step {n}: {token}") for n, (token, heatmap) in enumerate(steps)]
         save_image(args.heatmaps, make_gallery(tiles, columns=4))
         print(f"heatmaps: {args.heatmaps} ({len(steps)} VRT steps)")

@@ -1,20 +1,24 @@
-"""Pure numpy building blocks shared by the metric objects: box IoU, mask IoU, greedy box matching.
+"""Numpy building blocks shared by the metric objects: box IoU, mask IoU, greedy box matching.
 
 Conventions:
-    * Boxes are ``(x1, y1, x2, y2)`` in pixels of the original image ("xyxy pixels"), continuous coordinates: a
-      box's area is ``(x2 - x1) * (y2 - y1)`` with no ``+1``, as in pycocotools and the PaDT evaluation scripts.
+    * Boxes are ``(x1, y1, x2, y2)`` in pixels of the original image ("xyxy pixels"), continuous coordinates: no
+      ``+1`` in the area, as in pycocotools and the PaDT evaluation scripts. The box formulas themselves live in
+      :mod:`padt.losses.box_ops`; :func:`box_area` and :func:`box_iou` run them in float64 and return numpy.
     * Masks are binary ``(H, W)`` arrays (bool or integer 0/1) or COCO RLE dicts ``{"size": [H, W], "counts":
       bytes | str | list[int]}`` as produced by ``pycocotools.mask.encode``.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
+
+from padt.losses import box_ops
+from padt.vision.masks import compressed_rle, rle_to_mask
 
 Mask = np.ndarray | Mapping[str, Any]
 
@@ -33,24 +37,21 @@ def as_boxes(boxes: Any) -> np.ndarray:
     return arr
 
 
+def _as_box_tensor(boxes: Any) -> torch.Tensor:
+    return torch.as_tensor(as_boxes(boxes), dtype=torch.float64)
+
+
 def box_area(boxes: Any) -> np.ndarray:
-    """Areas of ``(N, 4)`` xyxy boxes; inverted boxes (x2 < x1) count as area 0."""
-    b = as_boxes(boxes)
-    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    """Float64 ``(N,)`` areas of ``(N, 4)`` xyxy boxes; inverted boxes (x2 < x1) count as area 0."""
+    return box_ops.box_area(_as_box_tensor(boxes)).numpy()
 
 
 def box_iou(boxes1: Any, boxes2: Any) -> np.ndarray:
-    """Pairwise IoU of xyxy pixel boxes: ``(N, 4) x (M, 4) -> (N, M)``.
+    """Pairwise IoU of xyxy pixel boxes: ``(N, 4) x (M, 4) -> (N, M)`` float64.
 
     A pair whose union is 0 (two degenerate boxes) has IoU 0, as in the reference ``calculate_iou``.
     """
-    b1, b2 = as_boxes(boxes1), as_boxes(boxes2)
-    lt = np.maximum(b1[:, None, :2], b2[None, :, :2])
-    rb = np.minimum(b1[:, None, 2:], b2[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(b1)[:, None] + box_area(b2)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return box_ops.box_iou(_as_box_tensor(boxes1), _as_box_tensor(boxes2)).numpy()
 
 
 def best_box_iou(pred_boxes: Any, gt_box: Any) -> float:
@@ -64,17 +65,6 @@ def best_box_iou(pred_boxes: Any, gt_box: Any) -> float:
     return float(box_iou(preds, gt).max())
 
 
-def _normalise_rle(rle: Mapping[str, Any]) -> dict[str, Any]:
-    """Compressed RLE with ``bytes`` counts, which every pycocotools entry point accepts."""
-    height, width = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):  # uncompressed RLE (COCO iscrowd annotations)
-        return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-    if isinstance(counts, str):  # RLE that went through JSON
-        counts = counts.encode("ascii")
-    return {"size": [height, width], "counts": counts}
-
-
 def to_bool_mask(mask: Mask) -> np.ndarray:
     """Decode an RLE dict or validate an array; returns a bool ``(H, W)`` array.
 
@@ -82,10 +72,7 @@ def to_bool_mask(mask: Mask) -> np.ndarray:
     ``astype(bool)`` would silently treat 0.01 as foreground.
     """
     if isinstance(mask, Mapping):
-        with warnings.catch_warnings():
-            # pycocotools' Cython Masks.__array__ predates numpy 2's copy keyword; harmless, but noisy.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return mask_utils.decode(_normalise_rle(mask)).astype(bool)
+        return rle_to_mask(mask).astype(bool)
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {arr.shape}")
@@ -110,12 +97,12 @@ def mask_intersection_union(pred: Mask | None, gt: Mask) -> tuple[int, int]:
     """
     if pred is None:
         if isinstance(gt, Mapping):
-            return 0, int(mask_utils.area(_normalise_rle(gt)))
+            return 0, int(mask_utils.area(compressed_rle(gt)))
         return 0, int(to_bool_mask(gt).sum())
     if _mask_shape(pred) != _mask_shape(gt):
         raise ValueError(f"mask shapes differ: pred {_mask_shape(pred)} vs gt {_mask_shape(gt)}")
     if isinstance(pred, Mapping) and isinstance(gt, Mapping):
-        rles = [_normalise_rle(pred), _normalise_rle(gt)]
+        rles = [compressed_rle(pred), compressed_rle(gt)]
         inter = int(mask_utils.area(mask_utils.merge(rles, intersect=True)))
         union = int(mask_utils.area(mask_utils.merge(rles, intersect=False)))
         return inter, union

@@ -1,7 +1,8 @@
 """Token-level parser of PaDT answers: which runs of visual reference tokens form objects, and their labels.
 
 Works on **local** completion ids (prompt removed; ids ``>= vrt_id_start`` are VRTs, ``id - vrt_id_start`` is
-the patch index on the sample's merged grid). Rules (PADT_REFERENCE §2, with the flaws of §8 item 6 fixed):
+the patch index on the sample's merged grid). Rules (the official answer format; unlike the official parser,
+escaped quotes in labels are handled and malformed output is reported instead of silently yielding nothing):
 
 * The completion ends at the first end-of-sequence id; without one it was cut off (``truncated``).
 * Each **maximal run of consecutive VRT ids** is one object (the official format writes an object's VRTs back
@@ -29,7 +30,7 @@ the last-layer state of step ``p`` is the one that *predicted* token ``p`` (PaDT
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -49,12 +50,15 @@ class ParsedObject:
         positions: index in the completion of each of those VRT tokens.
         label_span: (start, end) character span of the label in ``ParsedAnswer.text`` (raw text between the
             quotes, escapes included), or ``None``.
+        box: for answer formats that write boxes as text (:mod:`padt.text.answer_formats`), the box read from
+            it as (x1, y1, x2, y2) in original-image pixels; ``None`` for VRT objects, which the decoder boxes.
     """
 
     label: str
     patches: list[int]
     positions: list[int]
     label_span: tuple[int, int] | None = None
+    box: tuple[float, float, float, float] | None = None
 
 
 @dataclass
@@ -70,7 +74,7 @@ class ParsedAnswer:
 def _to_ints(ids) -> list[int]:
     values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
     if values and isinstance(values[0], list):
-        raise ValueError("parse_answer takes one completion (1-D ids); use parse_batch for a batch")
+        raise ValueError("parse_answer takes one completion (1-D ids); call it once per row of a batch")
     return [int(v) for v in values]
 
 
@@ -84,6 +88,166 @@ def _phrase_before(text: str, end: int) -> tuple[str, tuple[int, int] | None]:
         return "", None
     span = (start + words[0].start(), start + words[-1].end())
     return text[span[0] : span[1]], span
+
+
+@dataclass
+class _VrtRun:
+    """A maximal run of consecutive VRT ids: where it sits in the rendered text, and what it names."""
+
+    offset: int  # char offset in the rendered text
+    patches: list[int]  # local VRT indices
+    positions: list[int]  # index in the completion of each VRT
+
+
+def _cut_at_eos(values: list[int], eos_ids: Iterable[int]) -> tuple[list[int], bool]:
+    """The ids before the first end-of-sequence id, and whether there was none (cut off) although eos ids exist."""
+    eos = set(int(e) for e in eos_ids)
+    end = next((i for i, token in enumerate(values) if token in eos), None)
+    truncated = bool(eos) and end is None
+    return (values[:end] if end is not None else values), truncated
+
+
+def _render(
+    values: list[int], vrt_id_start: int, decode_text: Callable[[list[int]], str], problems: list[str]
+) -> tuple[str, list[_VrtRun]]:
+    """Decode each maximal text run at once (multi-byte characters survive) and render VRTs as ``<|VRT_k|>``."""
+    pieces: list[str] = []
+    runs: list[_VrtRun] = []
+    cursor = 0
+    position = 0
+    for is_vrt, group in groupby(values, key=lambda token: token >= vrt_id_start):
+        tokens = list(group)
+        if is_vrt:
+            patches = [token - vrt_id_start for token in tokens]
+            runs.append(_VrtRun(cursor, patches, list(range(position, position + len(tokens)))))
+            piece = "".join(f"<|VRT_{k}|>" for k in patches)
+        else:
+            piece = _decode_run(tokens, position, decode_text, problems)
+        pieces.append(piece)
+        cursor += len(piece)
+        position += len(tokens)
+    return "".join(pieces), runs
+
+
+def _decode_run(tokens: list[int], position: int, decode_text: Callable[[list[int]], str], problems: list[str]) -> str:
+    """One text run's text; negative ids are skipped and a failing ``decode_text`` gives "" (both reported)."""
+    valid = [token for token in tokens if token >= 0]
+    if len(valid) != len(tokens):
+        problems.append(f"negative token ids near position {position} were ignored")
+    try:
+        return decode_text(valid) if valid else ""
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
+        problems.append(f"tokens {position}..{position + len(tokens) - 1} could not be decoded: {error}")
+        return ""
+
+
+@dataclass
+class _Walk:
+    """The state of one pass over the rendered text: current label, open quote and parentheses, objects so far."""
+
+    text: str
+    require_labels: bool
+    problems: list[str]
+    objects: list[ParsedObject] = field(default_factory=list)
+    label: str | None = None
+    label_span: tuple[int, int] | None = None
+    in_quote: bool = False
+    escaped: bool = False
+    quote_start: int = -1
+    buffer: list[str] = field(default_factory=list)
+    expecting: str | None = None  # a label that announced VRTs ("refers to" / "(") and has none yet
+    open_parens: list[int] = field(default_factory=list)
+    last_object_paren: int | None = None  # char index of the "(" enclosing the last object, if still open
+
+    def run(self, runs: list[_VrtRun]) -> None:
+        """Walk the text once, visiting each VRT run at its offset (before the character there)."""
+        run_index = 0
+        for index in range(len(self.text) + 1):
+            while run_index < len(runs) and runs[run_index].offset == index:
+                self.take_run(runs[run_index], index)
+                run_index += 1
+            if index == len(self.text):
+                break
+            if self.require_labels and self.in_quote:
+                self.quoted_char(index)
+            else:
+                self.plain_char(index)
+
+    def take_run(self, run: _VrtRun, index: int) -> None:
+        """Make the VRT run at char ``index`` an object with the current label, or drop and report it."""
+        where = f"VRTs at completion positions {run.positions[0]}..{run.positions[-1]}"
+        if self.require_labels and self.in_quote:
+            self.problems.append(f"{where} are inside an unclosed quote (opened at char {self.quote_start}); dropped")
+            return
+        if self.require_labels:
+            if self.label is None:
+                self.problems.append(f"{where} have no quoted label before them; dropped")
+                return
+            self.objects.append(ParsedObject(self.label, run.patches, run.positions, self.label_span))
+            self.expecting = None
+        else:
+            anchor = self.open_parens[-1] if self.open_parens else index
+            phrase, span = _phrase_before(self.text, anchor)
+            self.objects.append(ParsedObject(phrase, run.patches, run.positions, span))
+        self.last_object_paren = self.open_parens[-1] if self.open_parens else None
+
+    def quoted_char(self, index: int) -> None:
+        """A character inside a quoted label: an escape, the closing quote, or part of the label."""
+        char = self.text[index]
+        if self.escaped:
+            self.buffer.append(char)
+            self.escaped = False
+        elif char == "\\":
+            self.escaped = True
+        elif char == '"':
+            self.in_quote, self.label, self.label_span = False, "".join(self.buffer), (self.quote_start + 1, index)
+            if not self.label.strip():  # "" names nothing: the VRTs after it have no label
+                self.problems.append(f"empty quoted label at char {self.quote_start}")
+                self.label, self.label_span = None, None
+            elif _EXPECTS_VRTS.match(self.text, index + 1):
+                self.expecting = self.label
+        else:
+            self.buffer.append(char)
+
+    def plain_char(self, index: int) -> None:
+        """A character outside quoted labels: an opening quote (labels required) or a parenthesis count."""
+        char = self.text[index]
+        if self.require_labels and char == '"':
+            if self.expecting is not None:
+                self.problems.append(f'label "{self.expecting}" has no VRTs')
+                self.expecting = None
+            self.in_quote, self.escaped, self.quote_start, self.buffer = True, False, index, []
+        elif char == "(":
+            self.open_parens.append(index)
+        elif char == ")":
+            if self.open_parens:
+                closed = self.open_parens.pop()
+                if closed == self.last_object_paren:
+                    self.last_object_paren = None
+            else:
+                self.problems.append(f"unbalanced ')' at char {index}")
+
+
+def _check_ending(walk: _Walk, values: list[int], vrt_id_start: int, truncated: bool) -> None:
+    """How the answer ended: a cut-off answer may lose its last object; a finished one must close what it opened."""
+    problems, objects = walk.problems, walk.objects
+    if truncated:
+        problems.append(f"answer cut off: no end-of-sequence token after {len(values)} tokens")
+        ends_in_vrt = bool(values) and values[-1] >= vrt_id_start
+        inside_group = walk.last_object_paren is not None and walk.last_object_paren in walk.open_parens
+        if objects and (ends_in_vrt or inside_group):
+            dropped = objects.pop()
+            problems.append(
+                f'last object ("{dropped.label}", patches {dropped.patches}) dropped: cut off inside '
+                + ("its VRTs" if ends_in_vrt else "its parentheses")
+            )
+        return
+    if walk.require_labels and walk.in_quote:
+        problems.append(f"unbalanced quote: the quote opened at char {walk.quote_start} is never closed")
+    if walk.expecting is not None:
+        problems.append(f'label "{walk.expecting}" has no VRTs')
+    if walk.open_parens:
+        problems.append(f"unbalanced '(' at char {walk.open_parens[-1]}")
 
 
 def parse_answer(
@@ -104,141 +268,10 @@ def parse_answer(
             complete (the caller already cut it), so nothing counts as truncated.
         require_labels: True for OVD/REC (quoted labels), False for RIC (phrase labels).
     """
-    values = _to_ints(ids)
-    eos = set(int(e) for e in eos_ids)
+    values, truncated = _cut_at_eos(_to_ints(ids), eos_ids)
     problems: list[str] = []
-    end = next((i for i, token in enumerate(values) if token in eos), None)
-    truncated = bool(eos) and end is None
-    if end is not None:
-        values = values[:end]
-
-    # 1) Render: decode each maximal text run at once (multi-byte characters survive), VRTs as <|VRT_k|>.
-    pieces: list[str] = []
-    runs: list[tuple[int, list[int], list[int]]] = []  # (char offset in text, patches, positions)
-    cursor = 0
-    position = 0
-    for is_vrt, group in groupby(values, key=lambda token: token >= vrt_id_start):
-        tokens = list(group)
-        if is_vrt:
-            patches = [token - vrt_id_start for token in tokens]
-            runs.append((cursor, patches, list(range(position, position + len(tokens)))))
-            piece = "".join(f"<|VRT_{k}|>" for k in patches)
-        else:
-            valid = [token for token in tokens if token >= 0]
-            if len(valid) != len(tokens):
-                problems.append(f"negative token ids near position {position} were ignored")
-            try:
-                piece = decode_text(valid) if valid else ""
-            except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
-                problems.append(f"tokens {position}..{position + len(tokens) - 1} could not be decoded: {error}")
-                piece = ""
-        pieces.append(piece)
-        cursor += len(piece)
-        position += len(tokens)
-    text = "".join(pieces)
-
-    # 2) Walk the text once, visiting each VRT run at its offset.
-    objects: list[ParsedObject] = []
-    label: str | None = None
-    label_span: tuple[int, int] | None = None
-    in_quote, escaped, quote_start, buffer = False, False, -1, []
-    expecting: str | None = None  # a label that announced VRTs ("refers to" / "(") and has none yet
-    open_parens: list[int] = []
-    last_object_paren: int | None = None  # char index of the "(" enclosing the last object, if still open
-    run_index = 0
-    for index in range(len(text) + 1):
-        while run_index < len(runs) and runs[run_index][0] == index:
-            _, patches, positions = runs[run_index]
-            run_index += 1
-            where = f"VRTs at completion positions {positions[0]}..{positions[-1]}"
-            if require_labels and in_quote:
-                problems.append(f"{where} are inside an unclosed quote (opened at char {quote_start}); dropped")
-                continue
-            if require_labels:
-                if label is None:
-                    problems.append(f"{where} have no quoted label before them; dropped")
-                    continue
-                objects.append(ParsedObject(label, patches, positions, label_span))
-                expecting = None
-            else:
-                anchor = open_parens[-1] if open_parens else index
-                phrase, span = _phrase_before(text, anchor)
-                objects.append(ParsedObject(phrase, patches, positions, span))
-            last_object_paren = open_parens[-1] if open_parens else None
-        if index == len(text):
-            break
-        char = text[index]
-        if require_labels and in_quote:
-            if escaped:
-                buffer.append(char)
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quote, label, label_span = False, "".join(buffer), (quote_start + 1, index)
-                if not label.strip():  # "" names nothing: the VRTs after it have no label
-                    problems.append(f"empty quoted label at char {quote_start}")
-                    label, label_span = None, None
-                elif _EXPECTS_VRTS.match(text, index + 1):
-                    expecting = label
-            else:
-                buffer.append(char)
-            continue
-        if require_labels and char == '"':
-            if expecting is not None:
-                problems.append(f'label "{expecting}" has no VRTs')
-                expecting = None
-            in_quote, escaped, quote_start, buffer = True, False, index, []
-        elif char == "(":
-            open_parens.append(index)
-        elif char == ")":
-            if open_parens:
-                closed = open_parens.pop()
-                if closed == last_object_paren:
-                    last_object_paren = None
-            else:
-                problems.append(f"unbalanced ')' at char {index}")
-
-    # 3) How the answer ended.
-    if truncated:
-        problems.append(f"answer cut off: no end-of-sequence token after {len(values)} tokens")
-        ends_in_vrt = bool(values) and values[-1] >= vrt_id_start
-        inside_group = last_object_paren is not None and last_object_paren in open_parens
-        if objects and (ends_in_vrt or inside_group):
-            dropped = objects.pop()
-            problems.append(
-                f'last object ("{dropped.label}", patches {dropped.patches}) dropped: cut off inside '
-                + ("its VRTs" if ends_in_vrt else "its parentheses")
-            )
-    else:
-        if require_labels and in_quote:
-            problems.append(f"unbalanced quote: the quote opened at char {quote_start} is never closed")
-        if expecting is not None:
-            problems.append(f'label "{expecting}" has no VRTs')
-        if open_parens:
-            problems.append(f"unbalanced '(' at char {open_parens[-1]}")
-    return ParsedAnswer(text=text, objects=objects, problems=problems, truncated=truncated)
-
-
-def parse_batch(
-    sequences,
-    *,
-    vrt_id_start: int,
-    decode_text: Callable[[list[int]], str],
-    eos_ids: Iterable[int] = (),
-    require_labels: bool | Sequence[bool] = True,
-) -> list[ParsedAnswer]:
-    """:func:`parse_answer` for each row of ``sequences`` ([B, T] tensor, or a list of 1-D id sequences).
-
-    ``require_labels`` may be one flag or one per row (batches that mix OVD/REC with RIC). Padding after the
-    end-of-sequence id is ignored; rows must not carry left padding (slice the prompt off first).
-    """
-    rows = list(sequences)
-    flags = [require_labels] * len(rows) if isinstance(require_labels, bool) else list(require_labels)
-    if len(flags) != len(rows):
-        raise ValueError(f"require_labels has {len(flags)} entries for {len(rows)} sequences")
-    eos = tuple(eos_ids)
-    return [
-        parse_answer(row, vrt_id_start=vrt_id_start, decode_text=decode_text, eos_ids=eos, require_labels=flag)
-        for row, flag in zip(rows, flags)
-    ]
+    text, runs = _render(values, vrt_id_start, decode_text, problems)
+    walk = _Walk(text, require_labels, problems)
+    walk.run(runs)
+    _check_ending(walk, values, vrt_id_start, truncated)
+    return ParsedAnswer(text=text, objects=walk.objects, problems=problems, truncated=truncated)

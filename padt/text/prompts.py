@@ -3,7 +3,7 @@
 Answer templates name each object with a placeholder ``<|Obj_N|>`` (N = index into the record's object list);
 :func:`render_answer` replaces each placeholder with that object's visual reference tokens ``<|VRT_k|>``, written
 back to back with no separator (``<|VRT_3|><|VRT_4|>``), as in the official records and model outputs. ``k`` is
-the sample-local patch index (raster order on the merged 28-px grid), see :mod:`padt.vision.codec`.
+the sample-local patch index (raster order on the merged grid), see :mod:`padt.vision.codec`.
 
 Examples (OVD, REC, RIC)::
 

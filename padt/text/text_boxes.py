@@ -27,24 +27,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from padt.vision.images import ImageGeometry
-
-#: The answer formats a model can be trained with: PaDT's VRTs, or Qwen2.5-VL's JSON boxes as text.
-ANSWER_FORMATS = ("vrt", "text-boxes")
+    from padt.vision.geometry import ImageGeometry
 
 _FENCE_OPEN = "```json\n"
 _FENCE_CLOSE = "```"
 _FENCED = re.compile(r"```(?:json)?[ \t]*\n?(.*?)(```|$)", re.DOTALL)
-
-
-def check_answer_format(answer_format: str) -> str:
-    if answer_format not in ANSWER_FORMATS:
-        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
-    return answer_format
-
-
-def _to_resized(value: float, original: int, resized: int) -> int:
-    return min(resized, max(0, round(value * resized / original)))
 
 
 def text_box_answer(objects: Sequence[tuple[str, Sequence[float]]], geometry: ImageGeometry) -> str:
@@ -54,14 +41,13 @@ def text_box_answer(objects: Sequence[tuple[str, Sequence[float]]], geometry: Im
         objects: ``(label, (x1, y1, x2, y2))`` per object, the box in **original-image** pixels, in answer order.
         geometry: the image's geometry; coordinates are written as integers in its ``resized_hw`` pixels.
     """
-    (height, width), (resized_h, resized_w) = geometry.original_hw, geometry.resized_hw
+    resized_h, resized_w = geometry.resized_hw
     lines = []
     for label, box in objects:
         x1, y1, x2, y2 = (float(v) for v in box)
-        coords = [
-            _to_resized(x1, width, resized_w), _to_resized(y1, height, resized_h),
-            _to_resized(x2, width, resized_w), _to_resized(y2, height, resized_h),
-        ]
+        corners = (*geometry.to_resized(x1, y1), *geometry.to_resized(x2, y2))
+        limits = (resized_w, resized_h, resized_w, resized_h)
+        coords = [min(limit, max(0, round(v))) for v, limit in zip(corners, limits)]
         lines.append("\t" + json.dumps({"bbox_2d": coords, "label": str(label)}, ensure_ascii=False))
     body = "[\n" + ",\n".join(lines) + "\n]" if lines else "[]"
     return _FENCE_OPEN + body + "\n" + _FENCE_CLOSE
@@ -76,12 +62,17 @@ def record_text_box_answer(record: Any, geometry: ImageGeometry) -> str:
         raise ValueError(
             f"record {record.id}: the text-boxes answer format covers OVD and REC records, not captions (RIC)"
         )
-    height, width = geometry.original_hw
+    # Imported here: this module is read by the command line's parser, which should not pay for torch.
+    import torch
+
+    from padt.losses.box_ops import normalised_to_pixels
+
     objects = []
     for index in record.referenced_objects():
         obj = record.objects[index]
-        x1, y1, x2, y2 = obj.bbox
-        objects.append((obj.label, (x1 * width, y1 * height, x2 * width, y2 * height)))
+        # float64, so the pixels are those of Python float arithmetic
+        box = normalised_to_pixels(torch.tensor(obj.bbox, dtype=torch.float64), geometry.original_hw)
+        objects.append((obj.label, tuple(box.tolist())))
     return text_box_answer(objects, geometry)
 
 
@@ -161,7 +152,7 @@ def parse_text_boxes(
         problems.append(f"the JSON is a {type(data).__name__}, not a list of boxes")
         return [], problems
 
-    (height, width), (resized_h, resized_w) = geometry.original_hw, geometry.resized_hw
+    resized_h, resized_w = geometry.resized_hw
     objects: list[tuple[str, tuple[float, float, float, float]]] = []
     for k, entry in enumerate(data):
         if not isinstance(entry, dict):
@@ -187,7 +178,6 @@ def parse_text_boxes(
                    min(max(x2, 0.0), resized_w), min(max(y2, 0.0), resized_h)]
         if clipped != [x1, y1, x2, y2]:
             problems.append(f"entry {k}: {raw!r} reaches outside the {resized_w}x{resized_h} image; clipped")
-        sx, sy = width / resized_w, height / resized_h
-        box = (clipped[0] * sx, clipped[1] * sy, clipped[2] * sx, clipped[3] * sy)
+        box = (*geometry.to_original(clipped[0], clipped[1]), *geometry.to_original(clipped[2], clipped[3]))
         objects.append((label, box))
     return objects, problems

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from padt.text.text_boxes import ANSWER_FORMATS
+from padt.text.answer_formats import get_answer_format
 
 SAMPLING_MODES = ("random", "repeats", "extremes", "all")
 PRECISIONS = ("fp32", "bf16")
@@ -69,8 +69,10 @@ class TrainConfig:
         problems = []
         if self.vrt_sampling not in SAMPLING_MODES:
             problems.append(f"vrt_sampling must be one of {SAMPLING_MODES}, got {self.vrt_sampling!r}")
-        if self.answer_format not in ANSWER_FORMATS:
-            problems.append(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        try:
+            get_answer_format(self.answer_format)
+        except ValueError as error:
+            problems.append(str(error))
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:

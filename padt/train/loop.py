@@ -12,7 +12,9 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,10 +28,41 @@ from padt.train.config import TrainConfig
 from padt.train.objective import PaDTObjective
 from padt.train.setup import final_model, load_starting_model, prepare_trainable
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
 
 def epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
     """The record order of one epoch (the same on every process)."""
     return np.random.default_rng([seed, epoch]).permutation(num_records)
+
+
+@dataclass
+class _StepPlan:
+    """How the records split into optimizer steps, and this process's share of each micro-batch."""
+
+    world: int  # number of processes
+    rank: int  # this process's index
+    micro_global: int  # records per micro-batch over all processes
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int  # the first steps feed the decoder ground-truth prototypes
+
+
+@dataclass
+class _Run:
+    """Everything the steps of one training run share."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    processor: object
+    dataset: GroundingDataset
+    collate: GroundingCollator
+    plan: _StepPlan
+    objective: torch.nn.Module  # the PaDTObjective, optimizer and scheduler as accelerate prepared them
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    output_dir: Path
 
 
 def train(config: TrainConfig) -> Path:
@@ -53,96 +86,142 @@ def train(config: TrainConfig) -> Path:
     mask_scale = model.vrt_decoder.config.mask_subpixels
     trainable = prepare_trainable(model, config)
 
-    records = [record for path in config.records for record in _read_records(path)]
-    dataset = GroundingDataset(
-        records, config.images, processor, mask_scale=mask_scale, vrts_per_object=config.vrts_per_object,
-        sampling=config.vrt_sampling, seed=config.seed, answer_format=config.answer_format,
-    )
+    dataset = _dataset(config, processor, mask_scale)
     collate = GroundingCollator(processor, mask_scale)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro_global = config.batch_size * world
-    steps_per_epoch = len(dataset) // (micro_global * config.grad_accum)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(dataset)} records are fewer than one optimizer step needs "
-            f"(batch_size {config.batch_size} x grad_accum {config.grad_accum} x {world} processes)"
-        )
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup_steps = config.warmup_steps(total_steps)
+    plan = _plan_steps(config, len(dataset), accelerator.num_processes, accelerator.process_index)
 
     objective = PaDTObjective(trainable, PaDTCriterion(config.loss_weights), config.decoder_trains_vision)
     optimizer = torch.optim.AdamW(
         [p for p in objective.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
-    scheduler = _scheduler(optimizer, config, total_steps)
+    scheduler = _scheduler(optimizer, config, plan.total_steps)
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    run = _Run(config, accelerator, processor, dataset, collate, plan, objective, optimizer, scheduler, output_dir)
 
-    start_step = 0
+    _train_steps(run, _start_step(run))
+    return _finish(run)
+
+
+def _dataset(config: TrainConfig, processor, mask_scale: int) -> GroundingDataset:
+    """The training records of every ``config.records`` file, as model inputs and targets."""
+    records = [record for path in config.records for record in _read_records(path)]
+    return GroundingDataset(
+        records, config.images, processor, mask_scale=mask_scale, vrts_per_object=config.vrts_per_object,
+        sampling=config.vrt_sampling, seed=config.seed, answer_format=config.answer_format,
+    )
+
+
+def _plan_steps(config: TrainConfig, num_records: int, world: int, rank: int) -> _StepPlan:
+    """Steps per epoch, total and warm-up steps; raises when the records do not fill one optimizer step."""
+    micro_global = config.batch_size * world
+    steps_per_epoch = num_records // (micro_global * config.grad_accum)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{num_records} records are fewer than one optimizer step needs "
+            f"(batch_size {config.batch_size} x grad_accum {config.grad_accum} x {world} processes)"
+        )
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    return _StepPlan(world, rank, micro_global, steps_per_epoch, total_steps, config.warmup_steps(total_steps))
+
+
+def _start_step(run: _Run) -> int:
+    """The step to start from: the latest checkpoint's with ``--resume``; else 0, after writing the config."""
+    config, accelerator, output_dir = run.config, run.accelerator, run.output_dir
     if config.resume:
         folder = latest_checkpoint(output_dir)
         if folder is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {output_dir / 'checkpoints'}")
-        start_step = load_checkpoint(folder, accelerator.unwrap_model(objective), optimizer, scheduler)["step"]
-    elif accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(run.objective)
+        return load_checkpoint(folder, unwrapped, run.optimizer, run.scheduler)["step"]
+    if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return 0
 
+
+def _train_steps(run: _Run, start_step: int) -> None:
+    """Optimizer steps ``start_step .. total_steps - 1``: log each, checkpoint and evaluate as configured."""
+    config, accelerator, plan = run.config, run.accelerator, run.plan
     eval_records = _read_records(config.eval_records) if config.eval_records and config.eval_every > 0 else None
-    log_path = output_dir / "metrics.jsonl"
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
-    objective.train()
-    for step in range(start_step, total_steps):
-        epoch, position = divmod(step, steps_per_epoch)
-        order = epoch_order(len(dataset), config.seed, epoch)
-        dataset.set_epoch(epoch)
+    log_path = run.output_dir / "metrics.jsonl"
+    bar = tqdm(total=plan.total_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
+    run.objective.train()
+    for step in range(start_step, plan.total_steps):
+        epoch, position = divmod(step, plan.steps_per_epoch)
+        order = epoch_order(len(run.dataset), config.seed, epoch)
+        run.dataset.set_epoch(epoch)
         started = time.perf_counter()
-        logged: dict[str, float] = {}
-        for micro in range(config.grad_accum):
-            first = (position * config.grad_accum + micro) * micro_global
-            mine = order[first + rank * config.batch_size : first + (rank + 1) * config.batch_size]
-            batch = collate([dataset[int(i)] for i in mine]).to(accelerator.device)
-            # Box and score sums are divided by the global object count / world size: DDP then averages
-            # gradients into exactly the global mean (see PaDTObjective.forward).
-            objects = accelerator.reduce(torch.tensor(float(batch.num_objects), device=accelerator.device), "sum")
-            with accelerator.accumulate(objective):
-                terms = objective(batch, use_gt_prototypes=step < warmup_steps, num_boxes=objects.item() / world)
-                check_finite(terms, step)
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(objective.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step() if accelerator.sync_gradients else None
-                optimizer.zero_grad()
-            for name, value in terms.items():
-                logged[name] = logged.get(name, 0.0) + float(value.detach()) / config.grad_accum
-        if world > 1:
-            # Log the global batch's terms: the mean over processes (each term is already a per-process mean).
-            names = sorted(logged)
-            means = accelerator.reduce(torch.tensor([logged[n] for n in names], device=accelerator.device), "mean")
-            logged = dict(zip(names, means.tolist()))
+        logged = _optimizer_step(run, step, order, position)
         done = step + 1
-        record = {"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **logged,
-                  "seconds": round(time.perf_counter() - started, 4), "warmup": step < warmup_steps}
+        record = {"step": done, "epoch": epoch, "lr": run.scheduler.get_last_lr()[0], **logged,
+                  "seconds": round(time.perf_counter() - started, 4), "warmup": step < plan.warmup_steps}
         if accelerator.is_main_process:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix({k: f"{logged[k]:.3f}" for k in ("loss", "ce", "box_giou", "mask_dice") if k in logged})
             bar.update(1)
-        if config.save_every and done % config.save_every == 0 and done < total_steps:
-            _save(accelerator, output_dir, done, objective, optimizer, scheduler)
-        if eval_records and (done % config.eval_every == 0 or done == total_steps):
-            metrics = _evaluate(accelerator.unwrap_model(objective), processor, eval_records, config)
-            if accelerator.is_main_process:
-                with log_path.open("a") as handle:
-                    handle.write(json.dumps({"step": done, "eval": metrics}) + "\n")
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "/" in k))
-            objective.train()
+        if config.save_every and done % config.save_every == 0 and done < plan.total_steps:
+            _save(accelerator, run.output_dir, done, run.objective, run.optimizer, run.scheduler)
+        if eval_records and (done % config.eval_every == 0 or done == plan.total_steps):
+            _evaluate_and_log(run, done, eval_records, log_path, bar)
     bar.close()
+
+
+def _optimizer_step(run: _Run, step: int, order: np.ndarray, position: int) -> dict[str, float]:
+    """One optimizer step of ``grad_accum`` micro-batches; returns its loss terms (mean over the global batch)."""
+    config, accelerator, plan = run.config, run.accelerator, run.plan
+    logged: dict[str, float] = {}
+    for micro in range(config.grad_accum):
+        first = (position * config.grad_accum + micro) * plan.micro_global
+        mine = order[first + plan.rank * config.batch_size : first + (plan.rank + 1) * config.batch_size]
+        batch = run.collate([run.dataset[int(i)] for i in mine]).to(accelerator.device)
+        terms = _micro_step(run, step, batch)
+        for name, value in terms.items():
+            logged[name] = logged.get(name, 0.0) + float(value.detach()) / config.grad_accum
+    if plan.world > 1:
+        # Log the global batch's terms: the mean over processes (each term is already a per-process mean).
+        names = sorted(logged)
+        means = accelerator.reduce(torch.tensor([logged[n] for n in names], device=accelerator.device), "mean")
+        logged = dict(zip(names, means.tolist()))
+    return logged
+
+
+def _micro_step(run: _Run, step: int, batch) -> dict[str, torch.Tensor]:
+    """Forward and backward of one micro-batch; the optimizer steps when accelerate syncs gradients."""
+    accelerator, plan = run.accelerator, run.plan
+    # Box and score sums are divided by the global object count / world size: DDP then averages
+    # gradients into exactly the global mean (see PaDTObjective.forward).
+    objects = accelerator.reduce(torch.tensor(float(batch.num_objects), device=accelerator.device), "sum")
+    with accelerator.accumulate(run.objective):
+        terms = run.objective(batch, use_gt_prototypes=step < plan.warmup_steps, num_boxes=objects.item() / plan.world)
+        check_finite(terms, step)
+        accelerator.backward(terms["loss"])
+        if accelerator.sync_gradients and run.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.objective.parameters(), run.config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step() if accelerator.sync_gradients else None
+        run.optimizer.zero_grad()
+    return terms
+
+
+def _evaluate_and_log(run: _Run, done: int, eval_records, log_path: Path, bar) -> None:
+    """Held-out metrics after step ``done``, appended to the metrics log; the objective goes back to training."""
+    metrics = _evaluate(run.accelerator.unwrap_model(run.objective), run.processor, eval_records, run.config)
+    if run.accelerator.is_main_process:
+        with log_path.open("a") as handle:
+            handle.write(json.dumps({"step": done, "eval": metrics}) + "\n")
+        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "/" in k))
+    run.objective.train()
+
+
+def _finish(run: _Run) -> Path:
+    """Save the last checkpoint and the final model (main process only); return the final model's folder."""
+    accelerator = run.accelerator
     accelerator.wait_for_everyone()
-    final = output_dir / "final"
+    final = run.output_dir / "final"
     if accelerator.is_main_process:
-        _save(accelerator, output_dir, total_steps, objective, optimizer, scheduler)
-        _save_final(final, accelerator.unwrap_model(objective).model, processor)
+        _save(accelerator, run.output_dir, run.plan.total_steps, run.objective, run.optimizer, run.scheduler)
+        _save_final(final, accelerator.unwrap_model(run.objective).model, run.processor)
     accelerator.wait_for_everyone()
     return final
 

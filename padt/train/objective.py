@@ -8,8 +8,6 @@ loss terms of :class:`padt.losses.PaDTCriterion`.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 
@@ -50,51 +48,30 @@ class PaDTObjective(nn.Module):
 
         Args:
             batch: from :class:`~padt.datasets.training.GroundingCollator`, on the model's device.
-            use_gt_prototypes: decoder warm-up; feed the decoder the prototypes of the ground-truth VRTs
-                instead of the language model's states (PADT_REFERENCE §3.1).
+            use_gt_prototypes: decoder warm-up (as the reference trains the first steps): feed the decoder the
+                prototypes of the ground-truth VRTs instead of the language model's states.
             num_boxes: divisor of box and score sums; pass the object count of the *global* batch under
                 data parallelism so every process weighs objects alike (default: this batch's count).
         """
         model = self.padt
         self._register_external_head(model)
-        inputs = batch.inputs
-        vision = model.encode_images(
-            inputs["pixel_values"], inputs["image_grid_thw"], inputs["image_sample"], inputs["input_ids"].shape[0]
-        )
-        codec = vision.codec
-        input_ids = codec.to_global(inputs["input_ids"])
-        hidden = model.answer_states(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
+        forced = model.teacher_forced(batch.inputs)
+        vision, input_ids, hidden = forced.vision, forced.input_ids, forced.hidden
 
         # labels[b, t] is the token at t + 1 where that token belongs to the answer (incl. its end token).
         labels = torch.full_like(input_ids, -100)
-        supervised = inputs["answer_mask"][:, 1:]
+        supervised = batch.inputs["answer_mask"][:, 1:]
         labels[:, :-1] = torch.where(supervised, input_ids[:, 1:], labels[:, :-1])
 
-        starts = torch.tensor([s for s, _ in codec.sample_spans()], device=input_ids.device, dtype=torch.long)
         exclude = batch.exclude_local.clone()
-        exclude[:, 2] += starts[exclude[:, 0]]
+        exclude[:, 2] = vision.codec.rows(exclude[:, 0], exclude[:, 2])
 
         decoder_terms = {}
         if batch.num_objects:
-            vrt_sample = batch.object_sample.repeat_interleave(batch.vrt_counts)
-            vrt_index = batch.vrt_local + starts[vrt_sample]
-            if use_gt_prototypes:
-                states = vision.prototypes[vrt_index]
-            else:
-                # The state that predicted the VRT at position p is the state at p - 1.
-                states = hidden[vrt_sample, batch.vrt_positions - 1]
-            first_vrt = batch.vrt_counts.cumsum(0) - batch.vrt_counts
-            object_image = torch.tensor(
-                [codec.local_to_image_patch(int(b), int(v))[0] for b, v in
-                 zip(batch.object_sample.tolist(), batch.vrt_local[first_vrt].tolist())],
-                device=input_ids.device,
-            )
-            seen = vision
-            if not self.decoder_trains_vision:
-                memory = vision.memory
-                seen = replace(vision, memory=replace(memory, low_res=memory.low_res.detach(),
-                                                      high_res=memory.high_res.detach()))
-            decoded = model.decode_objects(seen, states, batch.vrt_counts, object_image, vrt_index)
+            decoded = model.ground(
+                vision, forced.predicting_states, batch.queries,
+                use_prototypes=use_gt_prototypes, detach_memory=not self.decoder_trains_vision,
+            ).output
             decoder_terms = dict(
                 pred_boxes=decoded.boxes,
                 gt_boxes=batch.boxes,

@@ -1,6 +1,6 @@
 """The id space of visual reference tokens (VRTs) for one batch.
 
-Every image contributes one VRT per cell of its merged grid (28 px for Qwen2.5-VL). Ids below ``vocab_size``
+Every image contributes one VRT per cell of its merged grid (:mod:`padt.vision.geometry`). Ids below ``vocab_size``
 (V) are text; ids from V on are VRTs. Two numberings exist:
 
 * **local** id ``V + k``: ``k`` counts the patches of *one sample's* images, in order (image 0 of the sample
@@ -11,14 +11,6 @@ Every image contributes one VRT per cell of its merged grid (28 px for Qwen2.5-V
 
 The processor concatenates images in sample order, so a sample's images are contiguous in the global order and
 ``g = k + first_patch_of_sample``.
-
-Two orders of the high-resolution (14-px) patches matter to the decoder:
-
-* ``"raster"`` (ours): merge-block order, the order the processor emits patches in: merged cells in raster
-  order, and inside each the ``merge x merge`` sub-patches in raster order.
-* ``"official"``: the vision tower's window-attention order, which the official PaDT implementation feeds to
-  its decoder unchanged while assembling masks as if it were raster (PADT_REFERENCE §1.5). Models trained that
-  way need the same mapping to reproduce their outputs.
 """
 
 from __future__ import annotations
@@ -26,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.vision_utils import get_vision_window_index
 
-PATCH_ORDERS = ("raster", "official")
+from padt.vision.geometry import PatchGrid, raster_rc
 
 
 @dataclass(frozen=True)
@@ -65,10 +56,8 @@ class VRTCodec:
         num_samples: int,
     ) -> VRTCodec:
         """Build from the processor's ``image_grid_thw`` [I, 3] (t, H, W on the ViT patch grid)."""
-        grid = image_grid_thw.tolist() if isinstance(image_grid_thw, torch.Tensor) else image_grid_thw
-        if any(int(t) != 1 for t, _, _ in grid):
-            raise ValueError("VRTs are defined for still images (grid t = 1); videos are not supported")
-        merged = tuple((int(h) // merge_size, int(w) // merge_size) for _, h, w in grid)
+        rows = image_grid_thw.tolist() if isinstance(image_grid_thw, torch.Tensor) else image_grid_thw
+        merged = tuple(PatchGrid.from_grid_thw(row, merge_size).merged_hw for row in rows)
         owners = image_sample.tolist() if isinstance(image_sample, torch.Tensor) else list(image_sample)
         return cls(vocab_size, merged, tuple(int(b) for b in owners), num_samples)
 
@@ -107,10 +96,34 @@ class VRTCodec:
             cursor += count
         return spans
 
-    # ---- ids ---------------------------------------------------------------------------------------------
-    def is_vrt(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids >= self.vocab_size
+    def first_images(self) -> list[int | None]:
+        """Per sample, the batch index of its first image (``None`` for a sample without images)."""
+        first: list[int | None] = [None] * self.num_samples
+        for image in reversed(range(self.num_images)):
+            first[self.image_sample[image]] = image
+        return first
 
+    def sample_images(self, sample: int) -> list[int]:
+        """Batch indices of the images of ``sample``, in order."""
+        return [i for i, owner in enumerate(self.image_sample) if owner == sample]
+
+    # ---- rows of the prototype matrix --------------------------------------------------------------------
+    def rows(self, sample: torch.Tensor, local_index: torch.Tensor) -> torch.Tensor:
+        """Global VRT index (a row of the prototypes) of each ``(sample, local index)`` pair: LongTensor [N]."""
+        starts = torch.tensor([s for s, _ in self.sample_spans()], dtype=torch.long, device=local_index.device)
+        return local_index + starts[sample]
+
+    def image_of_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Batch image index of each global VRT index: LongTensor [N]."""
+        ends = torch.tensor(self.image_offsets[1:] + [self.num_vrts], dtype=torch.long, device=rows.device)
+        return torch.searchsorted(ends, rows, right=True)
+
+    def patch_in_image(self, rows: torch.Tensor) -> torch.Tensor:
+        """Each global VRT index as a patch of its own image (raster on that image's merged grid): LongTensor [N]."""
+        offsets = torch.tensor(self.image_offsets, dtype=torch.long, device=rows.device)
+        return rows - offsets[self.image_of_rows(rows)]
+
+    # ---- ids ---------------------------------------------------------------------------------------------
     def to_global(self, local_ids: torch.Tensor) -> torch.Tensor:
         """Map local ids [B, T] to global ids; text ids pass through.
 
@@ -158,91 +171,11 @@ class VRTCodec:
         """(image, row, col) on the merged grid of a global VRT index (0-based, without V)."""
         for image, (offset, count) in enumerate(zip(self.image_offsets, self.patch_counts)):
             if offset <= global_index < offset + count:
-                row, col = divmod(global_index - offset, self.merged_hw[image][1])
+                row, col = raster_rc(global_index - offset, self.merged_hw[image])
                 return image, row, col
         raise ValueError(f"global VRT index {global_index} is outside 0..{self.num_vrts - 1}")
 
     def local_to_image_patch(self, sample: int, local_index: int) -> tuple[int, int]:
         """(image, patch index inside that image) of a sample's local VRT index."""
-        image, row, col = self.locate(self.sample_spans()[sample][0] + local_index)
-        return image, row * self.merged_hw[image][1] + col
-
-
-def merged_cell_centres(merged_hw, device: torch.device | str | None = None) -> torch.Tensor:
-    """(y, x) centre of every merged cell, normalised to [0, 1] by its image's grid: [ΣH'·W', 2].
-
-    Images one after another, cells in raster order (the order of VRTs and prototypes).
-    """
-    parts = []
-    for h, w in merged_hw:
-        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        parts.append(torch.stack(((rows.flatten() + 0.5) / h, (cols.flatten() + 0.5) / w), dim=-1))
-    return torch.cat(parts).to(device) if parts else torch.zeros(0, 2, device=device)
-
-
-def patch_to_rc(patch: int | torch.Tensor, merged_w: int):
-    """Raster patch index on the merged grid to (row, col)."""
-    return patch // merged_w, patch % merged_w
-
-
-def rc_to_patch(row, col, merged_w: int):
-    """(row, col) on the merged grid to the raster patch index ``row * W' + col``."""
-    return row * merged_w + col
-
-
-def merge_block_positions(grid_hw: tuple[int, int], merge_size: int) -> torch.Tensor:
-    """(row, col) on the ViT patch grid of each patch in the processor's merge-block order: LongTensor [H*W, 2].
-
-    Merged cells come in raster order; inside each, the ``merge x merge`` sub-patches in raster order.
-    """
-    h, w = grid_hw
-    hm, wm = h // merge_size, w // merge_size
-    rows = torch.arange(hm).view(hm, 1, 1, 1) * merge_size + torch.arange(merge_size).view(1, 1, merge_size, 1)
-    cols = torch.arange(wm).view(1, wm, 1, 1) * merge_size + torch.arange(merge_size).view(1, 1, 1, merge_size)
-    rows, cols = torch.broadcast_tensors(rows, cols)
-    return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1)
-
-
-def window_order(
-    grid_thw: torch.Tensor, merge_size: int, window_size: int, patch_size: int
-) -> torch.Tensor:
-    """Permutation of merged cells into the vision tower's window order, for a batch of images.
-
-    Returns LongTensor [ΣN'] with ``window_cells = merge_block_cells[order]``; apply it to merge-block-ordered
-    patches as ``patches.view(-1, merge**2, C)[order].flatten(0, 1)``. It is the tower's own rule
-    (``transformers.vision_utils.get_vision_window_index``), so it always matches the loaded vision tower.
-    """
-    order, _ = get_vision_window_index(
-        grid_thw.cpu(), spatial_merge_size=merge_size, window_size=window_size, patch_size=patch_size
-    )
-    return order.long()
-
-
-def high_res_layout(
-    grid_thw: torch.Tensor, merge_size: int, window_size: int, patch_size: int, patch_order: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """How the decoder sees a batch's high-resolution patches.
-
-    Returns ``(permutation, token_rc)``:
-      * ``permutation`` LongTensor [ΣN]: indices into the merge-block-ordered patches of all images giving the
-        order the decoder consumes them in;
-      * ``token_rc`` LongTensor [ΣN, 2]: for each consumed token, the (row, col) on its image's ViT patch grid
-        where the decoder places that token's sub-mask.
-
-    ``"raster"`` keeps merge-block order and true positions. ``"official"`` uses window order but places token
-    ``p`` of an image at ``(p // W, p % W)``, as the official implementation does.
-    """
-    if patch_order not in PATCH_ORDERS:
-        raise ValueError(f"patch_order must be one of {PATCH_ORDERS}, got {patch_order!r}")
-    unit = merge_size * merge_size
-    counts = [int(t * h * w) for t, h, w in grid_thw.tolist()]
-    positions = [merge_block_positions((int(h), int(w)), merge_size) for _, h, w in grid_thw.tolist()]
-    if patch_order == "raster":
-        return torch.arange(sum(counts)), torch.cat(positions) if positions else torch.zeros(0, 2, dtype=torch.long)
-    cells = window_order(grid_thw, merge_size, window_size, patch_size)
-    permutation = (cells.view(-1, 1) * unit + torch.arange(unit).view(1, -1)).reshape(-1)
-    token_rc = []
-    for (_, h, w), count in zip(grid_thw.tolist(), counts):
-        p = torch.arange(count)
-        token_rc.append(torch.stack([p // int(w), p % int(w)], dim=-1))
-    return permutation, torch.cat(token_rc) if token_rc else torch.zeros(0, 2, dtype=torch.long)
+        image = self.locate(self.sample_spans()[sample][0] + local_index)[0]
+        return image, self.sample_spans()[sample][0] + local_index - self.image_offsets[image]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +17,7 @@ class VisualPrototypes(nn.Module):
     """Turns merged patch features into VRT prototypes: ``P = n + up(down(n))`` with ``n = LayerNorm(x)``.
 
     By default the LayerNorm's weight and bias start at zero, so every prototype is 0 at initialisation and VRTs
-    start neutral (PADT_REFERENCE §1.3); ``norm_init`` starts the weight elsewhere (``PaDTConfig.vrt_norm_init``).
+    start neutral, as in the reference; ``norm_init`` starts the weight elsewhere (``PaDTConfig.vrt_norm_init``).
     ``down``/``up`` are a bias-free rank-``rank`` pair. With
     ``use_projection=False`` the prototypes are the raw merged features (the paper's "without f_vp").
     A position code, when given (ours; see ``PaDTConfig.prototype_position_encoding``), is added to the merged
@@ -61,6 +63,25 @@ class VisualPrototypes(nn.Module):
         return normed + self.up(self.down(normed))
 
 
+class StateRecorder:
+    """Collects the last-layer state of every generation step while :meth:`VisionContext.recording` is open.
+
+    Step ``s`` holds the state that predicted generated token ``s``: the decoder's input for a VRT there.
+    """
+
+    def __init__(self, num_samples: int, width: int, like: torch.Tensor) -> None:
+        self._steps: list[torch.Tensor] = []
+        self._empty = like.new_zeros(num_samples, 0, width)
+
+    def record(self, last_states: torch.Tensor) -> None:
+        """Add one step: [B, D] states of the last position."""
+        self._steps.append(last_states)
+
+    def states(self) -> torch.Tensor:
+        """[B, steps, D] (steps may be 0)."""
+        return torch.stack(self._steps, dim=1) if self._steps else self._empty
+
+
 @dataclass
 class VisionContext:
     """Everything a batch's images contribute, computed once per batch and reused at every decoding step.
@@ -72,8 +93,7 @@ class VisionContext:
         vrt_mask: bool [B, P], True where sample ``b`` may name VRT ``p``.
         memory: the decoder's view of the images (prototypes, pre-merger features, rotary PE, positions).
         grid_thw: [I, 3] the processor's ViT grids.
-        recorded: last-layer hidden states recorded during generation, one [B, D] tensor per step; step ``s``
-            holds the state that predicted generated token ``s``. ``None`` when not recording.
+        recorder: where the model's forward puts each step's last-layer states, while :meth:`recording` is open.
     """
 
     codec: VRTCodec
@@ -82,15 +102,18 @@ class VisionContext:
     vrt_mask: torch.Tensor
     memory: DecoderMemory
     grid_thw: torch.Tensor
-    recorded: list[torch.Tensor] | None = field(default=None, repr=False)
+    recorder: StateRecorder | None = field(default=None, repr=False)
 
-    def start_recording(self) -> None:
-        self.recorded = []
+    @contextmanager
+    def recording(self) -> Iterator[StateRecorder]:
+        """Record the last-layer state of every forward step inside the ``with`` block (generation)::
 
-    def stop_recording(self) -> torch.Tensor:
-        """Stop recording and return the states as [B, steps, D] (steps may be 0)."""
-        states = self.recorded or []
-        self.recorded = None
-        if not states:
-            return self.prototypes.new_zeros(self.codec.num_samples, 0, self.prototypes.shape[-1])
-        return torch.stack(states, dim=1)
+            with vision.recording() as recorded:
+                model.generate(..., vision=vision)
+            states = recorded.states()   # [B, steps, D]
+        """
+        self.recorder = StateRecorder(self.codec.num_samples, self.prototypes.shape[-1], self.prototypes)
+        try:
+            yield self.recorder
+        finally:
+            self.recorder = None

@@ -1,4 +1,4 @@
-"""Patch selection on hand-made masks, RLE helpers and VRT sampling."""
+"""Patch selection on hand-made masks and VRT sampling."""
 
 from __future__ import annotations
 
@@ -7,18 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from padt.datasets.patches import (
-    box_to_mask,
-    box_to_rle,
-    coverage_grid,
-    mask_to_rle,
-    polygons_to_rle,
-    rle_to_mask,
-    sample_vrt_patches,
-    segmentation_to_rle,
-    select_patches,
-)
-from padt.vision.images import image_geometry
+from padt.datasets.patches import coverage_grid, sample_vrt_patches, select_patches
+from padt.vision.geometry import image_geometry
 
 
 def test_mask_on_two_cells_selects_their_raster_indices() -> None:
@@ -65,38 +55,6 @@ def test_resized_image_uses_the_processor_grid() -> None:
     assert select_patches(np.zeros((100, 150), dtype=np.uint8), geometry) == []
     with pytest.raises(ValueError, match="differs from the image size"):
         select_patches(np.ones((10, 10), dtype=np.uint8), geometry)
-
-
-def test_rle_round_trip_and_helpers() -> None:
-    mask = np.zeros((30, 40), dtype=np.uint8)
-    mask[5:10, 7:20] = 1
-    rle = mask_to_rle(mask)
-    assert rle["size"] == [30, 40] and isinstance(rle["counts"], str)
-    assert np.array_equal(rle_to_mask(rle), mask)
-    assert np.array_equal(rle_to_mask(box_to_rle((7, 5, 20, 10), 30, 40)), mask)
-    # edges round to whole pixels and clip to the image
-    assert np.array_equal(box_to_mask((-5.2, 5, 20.4, 10), 30, 40), box_to_mask((0, 5, 20, 10), 30, 40))
-    union = rle_to_mask(polygons_to_rle([[0, 0, 10, 0, 10, 10, 0, 10], [20, 20, 30, 20, 30, 30, 20, 30]], 40, 40))
-    assert union[5, 5] == 1 and union[25, 25] == 1 and union[15, 15] == 0
-    with pytest.raises(ValueError, match="degenerate"):
-        polygons_to_rle([[0, 0, 10, 10]], 40, 40)
-
-
-def test_segmentation_to_rle_accepts_every_coco_shape() -> None:
-    mask = np.zeros((20, 20), dtype=np.uint8)
-    mask[2:6, 3:9] = 1
-    compressed = mask_to_rle(mask)
-    assert segmentation_to_rle(compressed, 20, 20) == (compressed, 0)
-    flat = mask.flatten(order="F")
-    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [2]])))  # run boundaries (2 closes the last)
-    uncompressed = {"size": [20, 20], "counts": np.diff(np.concatenate([[0], changes])).tolist()}
-    rle, dropped = segmentation_to_rle(uncompressed, 20, 20)
-    assert dropped == 0 and np.array_equal(rle_to_mask(rle), mask)
-    rle, dropped = segmentation_to_rle([[1, 1, 2, 2], [3, 2, 9, 2, 9, 6, 3, 6]], 20, 20)
-    assert dropped == 1 and rle_to_mask(rle)[4, 5] == 1
-    assert segmentation_to_rle([[1, 2, 3, 4]], 20, 20) == (None, 1)
-    with pytest.raises(ValueError, match="differs"):
-        segmentation_to_rle(mask_to_rle(np.zeros((5, 5), dtype=np.uint8)), 20, 20)
 
 
 def test_random_sampling_is_deterministic_and_replaces_only_when_short() -> None:

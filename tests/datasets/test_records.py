@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from padt.datasets.patches import mask_to_rle
 from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, read_jsonl, write_jsonl
+from padt.vision.masks import mask_to_rle
 
 
 def make_record(**changes: Any) -> GroundingRecord:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from padt.datasets.coco import convert_coco
-from padt.datasets.patches import mask_to_rle
 from padt.datasets.refcoco import (
     convert_refcoco,
     drop_overlap,
@@ -22,6 +21,7 @@ from padt.datasets.refcoco import (
     split_matches,
 )
 from padt.text.prompts import rec_answer_template, rec_prompt
+from padt.vision.masks import mask_to_rle
 
 
 def sentence(text: str, sent_id: int) -> dict[str, Any]:

@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 from padt.datasets.coco import convert_coco
-from padt.datasets.patches import rle_to_mask
 from padt.datasets.refcoco import convert_refcoco, load_refs
 from padt.datasets.synthetic import COLORS, generate_synthetic
+from padt.vision.masks import rle_to_mask
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:

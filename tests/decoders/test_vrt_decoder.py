@@ -12,9 +12,9 @@ from padt.decoders import (
     RotaryPE,
     first_subpatch_pe,
     from_official_state_dict,
-    merge_block_token_rc,
     official_name_map,
 )
+from padt.vision.geometry import merge_block_positions
 
 D_LLM = 48
 
@@ -41,7 +41,7 @@ def make_memory(grids, cfg: PaDTDecoderConfig, seed: int = 0) -> DecoderMemory:
     gen = torch.Generator().manual_seed(seed)
     m = cfg.spatial_merge_size
     grid_hw = torch.tensor(grids, dtype=torch.long)
-    token_rc = merge_block_token_rc(grid_hw, m)
+    token_rc = merge_block_positions(grid_hw, m)
     # 2-D rotary angles from each patch's (row, col), like the vision tower's.
     freqs = torch.rand(cfg.head_dim // 4, generator=gen) + 0.1
     angles = torch.cat((token_rc[:, :1] * freqs, token_rc[:, 1:] * freqs), dim=-1).float()

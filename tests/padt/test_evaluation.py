@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from padt.datasets.patches import rle_to_mask
 from padt.datasets.records import GroundingObject, GroundingRecord, read_jsonl
 from padt.evaluation import evaluate, parse_tasks, strip_grounding, teacher_forced_answer
 from padt.results import GroundedObject, GroundedOutput
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
+from padt.text.answer_formats import get_answer_format
 from padt.text.prompts import render_answer
 from padt.vision.images import load_image
+from padt.vision.masks import rle_to_mask
 
 HERE = Path(__file__).resolve().parent
 WORLD_SIZE = 2
@@ -82,6 +83,7 @@ class FakePipeline:
 
     def __init__(self, records: list[GroundingRecord], images: Path, kind: str = "perfect", batch_size: int = 3):
         self.batch_size = batch_size
+        self.answer_format = get_answer_format("vrt")
         self.batches: list[int] = []
         self.answers: list[str] = []
         self._outputs: dict[tuple[str, str], GroundedOutput] = {}

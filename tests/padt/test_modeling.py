@@ -19,6 +19,7 @@ from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 import padt  # noqa: F401  (the import must not patch transformers)
 from padt.modeling import PaDTForConditionalGeneration
 from padt.testing import tiny_pipeline
+from padt.vision.queries import ObjectQueries
 
 TRANSFORMERS_QWEN_FILE = inspect.getsourcefile(modeling_qwen2_5_vl)
 PROMPTS = ["Please find the red thing.", "Please find the square."]
@@ -76,28 +77,28 @@ def teacher_forced(model, processor, images, prompts, answers, padding_side="lef
 
 def decode_answer_objects(model, vision, ids, states, answer_mask):
     """One object per sample: its VRTs are the answer's VRT tokens, predicted by the states one position earlier."""
-    vocab = model.text_vocab_size
-    picked, counts, index = [], [], []
+    local = vision.codec.to_local(ids)
+    samples, counts, vrt_local, positions = [], [], [], []
     for b in range(ids.shape[0]):
-        positions = ((ids[b] >= vocab) & answer_mask[b]).nonzero().flatten()
-        picked.append(states[b, positions - 1])
-        counts.append(len(positions))
-        index.append(ids[b, positions] - vocab)  # global ids: rows of the batch's prototypes
-    object_image = torch.arange(ids.shape[0])  # one image per sample here
-    return model.decode_objects(vision, torch.cat(picked), torch.tensor(counts), object_image, torch.cat(index))
+        found = ((ids[b] >= model.text_vocab_size) & answer_mask[b]).nonzero().flatten()
+        samples.append(b)
+        counts.append(len(found))
+        vrt_local.append(local[b, found] - model.text_vocab_size)
+        positions.append(found)
+    queries = ObjectQueries(torch.tensor(samples), torch.tensor(counts), torch.cat(vrt_local), torch.cat(positions))
+    predicting = torch.nn.functional.pad(states[:, :-1], (0, 0, 1, 0))  # entry t: the state that predicted token t
+    return model.ground(vision, predicting, queries).output
 
 
 def generate(model, processor, images, prompts, **kwargs):
     batch = processor(images, prompts)
     vision = encode(model, batch, len(prompts))
-    vision.start_recording()
-    try:
+    with vision.recording() as recorded:
         sequences = model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             mm_token_type_ids=batch["mm_token_type_ids"], vision=vision, **kwargs,
         )
-    finally:
-        states = vision.stop_recording()
+    states = recorded.states()
     return batch, vision, sequences, states
 
 
@@ -190,7 +191,7 @@ def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, tmp_pa
     """``vrt_norm_init=1.0``: at initialisation P = n + up(down(n)) with n the unscaled LayerNorm of (x + code);
     the start survives save/load of a checkpoint that lacks the prototype weights."""
     from padt.decoders.layers import sine_position_encoding
-    from padt.vision.codec import merged_cell_centres
+    from padt.vision.geometry import merged_cell_centres
 
     fresh = tiny_pipeline(seed=2, vrt_norm_init=1.0)
     model, processor = fresh.model, fresh.processor
@@ -218,7 +219,7 @@ def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, tmp_pa
 def test_prototype_position_encoding_tells_alike_patches_apart(pipe, images):
     """The tiny model adds a sine code of each merged cell's centre before the prototypes' LayerNorm."""
     from padt.decoders.layers import sine_position_encoding
-    from padt.vision.codec import merged_cell_centres
+    from padt.vision.geometry import merged_cell_centres
 
     model, processor = pipe.model, pipe.processor
     assert model.config.prototype_position_encoding

@@ -1,4 +1,4 @@
-"""GroundedOutput adapters (COCO, dict/JSON, supervision) and the postprocess maths, against hand-computed values."""
+"""GroundedOutput adapters (COCO, dict/JSON, supervision), against hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from pycocotools import mask as mask_utils
 
-from padt.postprocess import boxes_to_pixels, cxcywh_to_xyxy, mask_to_pixels, xyxy_to_cxcywh
-from padt.results import GroundedObject, GroundedOutput, mask_to_rle
+from padt.results import GroundedObject, GroundedOutput
 
 H, W = 6, 8
 
@@ -80,12 +78,6 @@ def test_to_dict_content(output):
     assert len(output) == 3
 
 
-def test_mask_to_rle_of_an_empty_mask():
-    rle = mask_to_rle(np.zeros((3, 5), dtype=bool))
-    assert rle["size"] == [3, 5]
-    assert mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) == 0
-
-
 # ---- supervision ------------------------------------------------------------------------------------------
 def test_to_supervision(output):
     sv = pytest.importorskip("supervision")
@@ -95,7 +87,19 @@ def test_to_supervision(output):
     assert np.allclose(detections.confidence, [0.9, 0.25, 0.5])
     assert detections.mask.shape == (3, H, W) and np.array_equal(detections.mask[0], output.objects[0].mask)
     assert list(detections.data["class_name"]) == ["Person", "dog", "unicorn"]
-    assert detections.class_id.tolist() == [0, 1, 2]  # sorted names: "Person" < "dog" < "unicorn"
+    assert detections.class_id.tolist() == [0, 0, 0]  # without categories: one class
+
+
+def test_to_supervision_class_ids_come_from_the_categories_and_do_not_depend_on_the_image(output):
+    pytest.importorskip("supervision")
+    categories = ["dog", "person"]
+    detections = output.to_supervision(categories)
+    assert detections.class_id.tolist() == [1, 0]  # "Person" -> 1, "dog" -> 0; "unicorn" is no category: dropped
+    assert list(detections.data["class_name"]) == ["Person", "dog"] and len(detections.xyxy) == 2
+    # another image with only a dog: the dog keeps its id
+    only_dog = GroundedOutput("", [output.objects[1]], [], [(H, W)])
+    assert only_dog.to_supervision(categories).class_id.tolist() == [0]
+    assert output.to_supervision({"person": 7}).class_id.tolist() == [7]
 
 
 def test_to_supervision_without_the_package_says_how_to_install(output, monkeypatch):
@@ -104,40 +108,17 @@ def test_to_supervision_without_the_package_says_how_to_install(output, monkeypa
         output.to_supervision()
 
 
-# ---- postprocess ------------------------------------------------------------------------------------------
-def test_boxes_to_pixels_hand_computed():
-    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.05, 0.9, 0.2, 0.4], [0.25, 0.75, 0.0, 0.0]])
-    pixels = boxes_to_pixels(boxes, (100, 200))  # H = 100, W = 200
-    expected = torch.tensor(
-        [
-            [80.0, 30.0, 120.0, 70.0],
-            [0.0, 70.0, 30.0, 100.0],  # x1 = -0.05 and y2 = 1.1 are clipped to the image
-            [50.0, 75.0, 50.0, 75.0],
-        ]
-    )
-    assert torch.allclose(pixels, expected, atol=1e-4)
-    assert pixels.dtype == torch.float32
-    assert boxes_to_pixels(boxes.half(), (100, 200)).dtype == torch.float32
+def test_from_dict_reads_back_what_to_dict_writes(output):
+    from padt.vision.geometry import GridSpec
 
-
-def test_mask_to_pixels_crops_the_valid_corner_resizes_and_thresholds():
-    logits = torch.full((6, 6), 100.0)  # padding outside the valid 4 x 4 corner must not leak in
-    logits[:4, :4] = torch.tensor([[1.0, 1.0, -1.0, -1.0]] * 4)
-    mask = mask_to_pixels(logits, (4, 4), (8, 8))
-    assert mask.shape == (8, 8) and mask.dtype == bool
-    # bilinear x2 (half-pixel centres): output col 3 samples input col 1.25 -> 0.75 - 0.25 = 0.5 > 0; col 4 -> -0.5
-    expected = np.zeros((8, 8), dtype=bool)
-    expected[:, :4] = True
-    assert np.array_equal(mask, expected)
-    # a non-uniform resize keeps the split in proportion; logit exactly 0 counts as background
-    assert np.array_equal(mask_to_pixels(logits, (4, 4), (3, 2)), np.array([[True, False]] * 3))
-    assert not mask_to_pixels(torch.zeros(4, 4), (4, 4), (5, 7)).any()
-
-
-def test_cxcywh_xyxy_round_trip_and_values():
-    assert cxcywh_to_xyxy(torch.tensor([2.0, 3.0, 4.0, 2.0])).tolist() == [0.0, 2.0, 4.0, 4.0]
-    assert xyxy_to_cxcywh(torch.tensor([0.0, 2.0, 4.0, 4.0])).tolist() == [2.0, 3.0, 4.0, 2.0]
-    boxes = torch.rand(5, 3, 4, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(xyxy_to_cxcywh(cxcywh_to_xyxy(boxes)), boxes, atol=1e-6)
-    xyxy = cxcywh_to_xyxy(boxes)
-    assert torch.allclose(cxcywh_to_xyxy(xyxy_to_cxcywh(xyxy)), xyxy, atol=1e-6)
+    output.geometries = [GridSpec().geometry(H, W)]
+    for include_masks in (False, True):
+        data = json.loads(json.dumps(output.to_dict(include_masks=include_masks)))
+        back = GroundedOutput.from_dict(data)
+        assert back.text == output.text and back.problems == output.problems
+        assert back.image_sizes == output.image_sizes and back.geometries == output.geometries
+        for got, want in zip(back.objects, output.objects, strict=True):
+            assert (got.label, got.patches, got.box, got.score, got.image_index) == (
+                want.label, want.patches, want.box, want.score, want.image_index
+            )
+            assert (got.mask is None) if not include_masks else np.array_equal(got.mask, want.mask)

@@ -11,9 +11,8 @@ from PIL import Image
 from padt.results import GroundedObject, GroundedOutput
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, tiny_pipeline
 from padt.text.prompts import ovd_prompt
-from padt.vision.images import image_geometry
+from padt.vision.geometry import image_geometry
 from padt.visualize import (
-    cell_bounds,
     draw_grounding,
     make_gallery,
     object_color,
@@ -35,8 +34,8 @@ def tiny_geometry(height: int = H, width: int = W):
     return image_geometry(height, width, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
 
 
-def output_of(*objects: GroundedObject, size=(H, W)) -> GroundedOutput:
-    return GroundedOutput("answer", list(objects), [], [size])
+def output_of(*objects: GroundedObject, size=(H, W), geometry=None) -> GroundedOutput:
+    return GroundedOutput("answer", list(objects), [], [size], [geometry] if geometry is not None else [])
 
 
 def changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -99,10 +98,10 @@ def test_patch_outline_lands_on_the_cell_borders_of_the_merged_grid():
     assert (rows, cols) == (6, 9)  # 200x300 resized to 168x252
     obj = GroundedObject("thing", [1 * cols + 1], (0, 0, 10, 10), 0.5)
     image = blank()
-    out = draw_grounding(image, output_of(obj), geometry=geometry, show_boxes=False, show_labels=False)
+    out = draw_grounding(image, output_of(obj, geometry=geometry), show_boxes=False, show_labels=False)
     # Cell (1, 1) spans x in [300/9, 600/9) and y in [200/6, 400/6) of the original image.
     x0, x1, y0, y1 = round(W / cols), round(2 * W / cols) - 1, round(H / rows), round(2 * H / rows) - 1
-    assert cell_bounds(1, 1, geometry) == (x0, y0, x1, y1) == (33, 33, 66, 66)
+    assert geometry.cell_bounds(1, 1) == (x0, y0, x1, y1) == (33, 33, 66, 66)
     expected = np.zeros((H, W), dtype=bool)  # a 1-px outline on the cell's outermost pixels
     expected[[y0, y1], x0 : x1 + 1] = True
     expected[y0 : y1 + 1, [x0, x1]] = True
@@ -116,7 +115,7 @@ def test_cells_tile_the_original_image_exactly_once():
         cover = np.zeros((height, width), dtype=int)
         for r in range(rows):
             for c in range(cols):
-                x0, y0, x1, y1 = cell_bounds(r, c, geometry)
+                x0, y0, x1, y1 = geometry.cell_bounds(r, c)
                 cover[y0 : y1 + 1, x0 : x1 + 1] += 1
         assert (cover == 1).all(), (height, width)
 
@@ -134,14 +133,14 @@ def test_each_object_gets_its_own_colour_and_other_images_objects_are_skipped():
     assert tuple(second[20, 240]) == object_color(2) and tuple(second[10, 30]) == (GRAY,) * 3
 
 
-def test_accepts_pil_and_rejects_a_geometry_of_another_image():
+def test_accepts_pil_and_rejects_an_output_of_another_image():
     pil = Image.fromarray(blank())
-    out = draw_grounding(pil, output_of(GroundedObject("a", [3], (10, 10, 60, 60), 0.9)), geometry=tiny_geometry())
-    assert out.shape == (H, W, 3)
+    out = draw_grounding(pil, output_of(GroundedObject("a", [3], (10, 10, 60, 60), 0.9), geometry=tiny_geometry()))
+    assert out.shape == (H, W, 3) and changed(blank(), out).any()
     with pytest.raises(ValueError, match="geometry is for a 100x300 image"):
-        draw_grounding(pil, output_of(), geometry=tiny_geometry(100, 300))
+        draw_grounding(pil, output_of(geometry=tiny_geometry(100, 300)))
     with pytest.raises(ValueError, match="outside the image's 54 cells"):
-        draw_grounding(pil, output_of(GroundedObject("a", [54], (0, 0, 1, 1), 0.5)), geometry=tiny_geometry())
+        draw_grounding(pil, output_of(GroundedObject("a", [54], (0, 0, 1, 1), 0.5), geometry=tiny_geometry()))
 
 
 def test_heatmap_shapes_and_hot_cell():
@@ -153,7 +152,7 @@ def test_heatmap_shapes_and_hot_cell():
         heat = vrt_heatmap(blank(), values, geometry, alpha=1.0)
         assert heat.shape == (H, W, 3) and heat.dtype == np.uint8
     hot = cv2.applyColorMap(np.array([[255]], np.uint8), cv2.COLORMAP_JET)[0, 0, ::-1]
-    x0, y0, x1, y1 = cell_bounds(2, 5, geometry)
+    x0, y0, x1, y1 = geometry.cell_bounds(2, 5)
     inside = np.zeros((H, W), dtype=bool)
     inside[y0 : y1 + 1, x0 : x1 + 1] = True
     # The hot cell takes the colour map's top colour; cells without mass keep the image's pixels.
@@ -210,7 +209,7 @@ def test_step_probabilities_are_the_teacher_forced_vrt_distributions(pipeline):
     batch = pipeline.processor([image], [prompt], answers=[answer])
     model = pipeline.model
     with torch.no_grad():
-        vision = pipeline._encode(batch)
+        vision = model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], 1)
         hidden = model.answer_states(
             vision.codec.to_global(batch["input_ids"]), vision, batch["attention_mask"], batch["mm_token_type_ids"]
         )
@@ -232,5 +231,6 @@ def test_decoded_objects_render(pipeline):
     answer = 'There are 2 "circle" (<|VRT_3|><|VRT_4|>, <|VRT_40|>) in this image.'
     output = pipeline.decode_answer(image, answer, ovd_prompt(["circle"]))
     assert len(output.objects) == 2 and all(o.mask is not None for o in output.objects)
-    out = draw_grounding(image, output, geometry=pipeline.processor.geometry(image))
+    assert output.geometries == [pipeline.processor.geometry(image)]  # the output carries its grid
+    out = draw_grounding(image, output)
     assert changed(image, out).sum() > 100

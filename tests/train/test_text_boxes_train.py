@@ -72,6 +72,6 @@ def test_train_and_eval_cli(synthetic_records, images_dir, tmp_path: Path) -> No
     assert all(0.0 <= values[k] <= 1.0 for k in values if k.startswith("rec/"))
 
     pipeline = PaDTPipeline.from_pretrained(out / "final", max_new_tokens=12)
-    assert pipeline.answer_format == "text-boxes"
+    assert pipeline.answer_format.name == "text-boxes"
     with pytest.raises(ValueError, match="teacher-forced"):
         evaluate(pipeline, read_jsonl(synthetic_records["rec_val"]), images_dir, "rec", mode="teacher_forced")

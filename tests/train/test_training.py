@@ -153,13 +153,13 @@ def test_decoder_trains_vision_off_detaches_the_decoder_memory_only(
     dataset = GroundingDataset(read_jsonl(synthetic_records["rec_train"]), images_dir, pipe.processor, mask_scale=4)
     batch = GroundingCollator(pipe.processor, 4)([dataset[i] for i in range(3)])
     seen = []
-    decode = model.decode_objects
+    decode = model.vrt_decoder.forward
 
-    def recording(vision, *args, **kwargs):
-        seen.append(vision.memory)
-        return decode(vision, *args, **kwargs)
+    def recording(vrt_states, vrt_counts, object_image, memory, **kwargs):
+        seen.append(memory)
+        return decode(vrt_states, vrt_counts, object_image, memory, **kwargs)
 
-    model.decode_objects = recording
+    monkeypatch.setattr(model.vrt_decoder, "forward", recording)
     losses = {}
     for trains_vision in (True, False):
         objective = PaDTObjective(model, PaDTCriterion(), decoder_trains_vision=trains_vision)

@@ -94,10 +94,3 @@ def test_synthetic_writes_scenes_and_records(tmp_path: Path, capsys: pytest.Capt
 def test_subcommand_is_required() -> None:
     with pytest.raises(SystemExit):
         run(["convert"])
-
-
-def test_grid_defaults_agree_with_imaging() -> None:
-    from padt.vision import images as imaging
-
-    assert convert_cli.DEFAULT_MIN_PIXELS == imaging.DEFAULT_MIN_PIXELS
-    assert convert_cli.DEFAULT_MAX_PIXELS == imaging.DEFAULT_MAX_PIXELS

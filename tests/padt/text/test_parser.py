@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from padt.text.parser import MAX_PHRASE_WORDS, parse_answer, parse_batch
+from padt.text.parser import MAX_PHRASE_WORDS, parse_answer
 
 V = 1000  # text ids are UTF-8 byte values; ids >= V are VRTs
 EOS = 999
@@ -153,11 +153,9 @@ def test_tokens_after_eos_are_ignored_and_garbage_never_raises():
     assert labelled.objects == [] and any("empty quoted label" in p for p in labelled.problems)
 
 
-def test_parse_batch_on_a_padded_tensor_with_mixed_tasks():
-    rows = [enc('The "x" refers to <|VRT_4|>.'), enc("A dog (<|VRT_2|>).")]
-    width = max(map(len, rows))
-    batch = torch.tensor([r + [EOS] * (width - len(r)) for r in rows])
-    out = parse_batch(batch, vrt_id_start=V, decode_text=decode_bytes, eos_ids=[EOS], require_labels=[True, False])
-    assert [o.label for a in out for o in a.objects] == ["x", "A dog"]
-    with pytest.raises(ValueError, match="2 sequences"):
-        parse_batch(batch, vrt_id_start=V, decode_text=decode_bytes, require_labels=[True])
+
+def test_tensor_ids_and_one_completion_at_a_time():
+    ids = enc('The "x" refers to <|VRT_4|>.')
+    assert [o.patches for o in parse(torch.tensor(ids)).objects] == [[4]]
+    with pytest.raises(ValueError, match="one completion"):
+        parse(torch.tensor([ids, ids]))

@@ -13,7 +13,7 @@ from padt.configuration import PaDTConfig
 from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, tiny_pipeline
 from padt.text.text_boxes import parse_text_boxes, record_text_box_answer, text_box_answer
-from padt.vision.images import image_geometry
+from padt.vision.geometry import image_geometry
 
 # 290 x 520 lands on 140 x 280 under the tiny budget: both axes are scaled, by different factors.
 H, W = 290, 520

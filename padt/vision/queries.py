@@ -1,0 +1,84 @@
+"""Which answer tokens each object of a batch is decoded from: the decoder's queries, as flat tensors.
+
+An object is a run of visual reference tokens (VRTs) in one sample's answer. The decoder reads, for each of its
+VRTs, the language model's state that *predicted* that token, plus (for decoders with ``vrt_patch_features``)
+the prototype row the VRT names. Training builds these queries from the targets it wrote
+(:attr:`padt.datasets.training.TrainingBatch.queries`), the pipeline from what the parser found
+(:func:`queries_from_answers`); both hand them to
+:meth:`padt.modeling.PaDTForConditionalGeneration.ground`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from padt.text.parser import ParsedAnswer, ParsedObject
+from padt.vision.codec import VRTCodec
+
+
+@dataclass
+class ObjectQueries:
+    """K objects of a batch, their VRTs object after object (ΣQ VRTs in all).
+
+    Attributes:
+        sample: LongTensor [K], the batch row of each object.
+        vrt_counts: LongTensor [K], VRTs per object.
+        vrt_local: LongTensor [ΣQ], each VRT's local index (``<|VRT_k|>``: patch k of the sample's images).
+        positions: LongTensor [ΣQ], each VRT's position on the time axis of the states handed to ``ground``,
+            whose entry ``states[b, t]`` is the state that predicted token ``t``.
+    """
+
+    sample: torch.Tensor
+    vrt_counts: torch.Tensor
+    vrt_local: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.vrt_counts.numel())
+
+    @property
+    def vrt_sample(self) -> torch.Tensor:
+        """LongTensor [ΣQ], the batch row of each VRT."""
+        return self.sample.repeat_interleave(self.vrt_counts)
+
+    @property
+    def first_vrt(self) -> torch.Tensor:
+        """LongTensor [K], the index (into the ΣQ VRTs) of each object's first VRT."""
+        return self.vrt_counts.cumsum(0) - self.vrt_counts
+
+    def to(self, device: torch.device | str) -> ObjectQueries:
+        return ObjectQueries(*(t.to(device) for t in (self.sample, self.vrt_counts, self.vrt_local, self.positions)))
+
+
+def queries_from_answers(
+    answers: list[ParsedAnswer], codec: VRTCodec, device: torch.device | str | None = None
+) -> tuple[ObjectQueries, list[tuple[int, ParsedObject]]]:
+    """The queries of every object the parser found, and ``(sample, object)`` for each, in the same order.
+
+    Objects without VRTs (the text-box baseline's) are skipped. An object whose VRT run names patches of two
+    different images of its sample cannot be decoded against one image's memory: it is dropped, and the answer's
+    ``problems`` say so.
+    """
+    kept: list[tuple[int, ParsedObject]] = []
+    for b, answer in enumerate(answers):
+        for obj in answer.objects:
+            if not obj.patches:
+                continue
+            images = {codec.local_to_image_patch(b, p)[0] for p in obj.patches}
+            if len(images) > 1:
+                answer.problems.append(
+                    f'object "{obj.label}" (patches {obj.patches}) names patches of {len(images)} different images '
+                    "of the sample; dropped"
+                )
+                continue
+            kept.append((b, obj))
+    queries = ObjectQueries(
+        sample=torch.tensor([b for b, _ in kept], dtype=torch.long),
+        vrt_counts=torch.tensor([len(obj.patches) for _, obj in kept], dtype=torch.long),
+        vrt_local=torch.tensor([p for _, obj in kept for p in obj.patches], dtype=torch.long),
+        positions=torch.tensor([t for _, obj in kept for t in obj.positions], dtype=torch.long),
+    )
+    return queries.to(device) if device is not None else queries, kept
