@@ -83,7 +83,7 @@ def sync(device: torch.device) -> None:
 @torch.no_grad()
 def run_padt(model, batch, tokens: int) -> torch.Tensor:
     vision = model.encode_images(
-        batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], batch["input_ids"].shape[0]
+        batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], batch["input_ids"].shape[0]
     )
     with vision.recording() as recorded:
         sequences = model.generate(
@@ -108,7 +108,7 @@ def run_base(model, batch, tokens: int) -> torch.Tensor:
 @torch.no_grad()
 def encode_only(model, batch) -> None:
     model.encode_images(
-        batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], batch["input_ids"].shape[0]
+        batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], batch["input_ids"].shape[0]
     )
 
 
@@ -152,7 +152,7 @@ def step_pieces(padt_model, base, batch, device: torch.device, repeats: int = 20
     and the VRT-aware input embedding; the shared text head is timed for scale.
     """
     size = batch["input_ids"].shape[0]
-    vision = padt_model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], size)
+    vision = padt_model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], size)
     dtype = padt_model.lm_head.weight.dtype
     hidden = torch.randn(size, 1, padt_model.config.text_config.hidden_size, device=device, dtype=dtype)
     ids = batch["input_ids"][:, -1:]

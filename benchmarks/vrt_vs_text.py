@@ -165,7 +165,7 @@ def qwen_tokens_per_object(records: list, images: Path) -> dict[str, float] | No
     objects = 0
     for record in records:
         geometry = processor.geometry(images / record.image)
-        totals["vrt"] += len(processor.encode_text(teacher_forced_answer(record)))  # 5 VRTs per object
+        totals["vrt"] += len(processor.encode_text(teacher_forced_answer(record, 5)))  # as the model writes
         totals["text-boxes"] += len(processor.encode_text(record_text_box_answer(record, geometry)))
         objects += len(record.referenced_objects())
     return {name: total / objects for name, total in totals.items()}

@@ -1,4 +1,4 @@
-"""COCO instances -> open-vocabulary detection (OVD) records, following PADT_REFERENCE §4.3.
+"""COCO instances -> open-vocabulary detection (OVD) records, prepared as the official PaDT COCO 2017 OVD data.
 
 Per image:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,7 +74,10 @@ def convert_coco(
     summary = ConversionSummary(f"coco {split}")
     summary.skip("bad_annotation", index.malformed)
     summary.skip("unknown_image", index.orphans)
-    category_ids = list(index.categories)
+    settings = _OvdSettings(
+        list(index.categories), split, seed, grid, max_instances, drop_prob, drop_fraction, include_crowd,
+        min_coverage, strict,
+    )
     wanted_ids = None if image_ids is None else set(image_ids)
     wanted = [i for i in index.images if wanted_ids is None or i in wanted_ids]
     excluded = set(exclude_image_ids)
@@ -81,59 +85,118 @@ def convert_coco(
     for image_id in tqdm(wanted, desc=summary.name, unit="img", disable=not progress):
         info = index.images[image_id]
         summary.images += 1
-        if image_id in excluded:
-            summary.skip("image_overlap")
+        hw = _convertible_hw(image_id, info, excluded, max_side, images_dir, summary, skip_exif_rotated)
+        if hw is None:
             continue
-        hw = image_hw(info)
-        if hw is not None and max_side is not None and max(hw) > max_side:
-            summary.skip("image_too_large")
-            continue
-        if not check_image(images_dir, info, summary, skip_exif_rotated=skip_exif_rotated) or hw is None:
-            continue
-        anns = [a for a in index.by_image[image_id] if _known_category(a, index, summary)]
-        counts = Counter(a["category_id"] for a in anns)
-        over_limit = {c for c, n in counts.items() if n > max_instances}
-        summary.skip("category_over_limit", sum(counts[c] for c in over_limit))
-        order = _category_order(category_ids, counts, split, seed, image_id, drop_prob, drop_fraction)
-        prompt_ids = [c for c in order if c not in over_limit]
-        groups: list[tuple[str, int]] = []
-        objects: list[GroundingObject] = []
-        for category_id in prompt_ids:
-            if category_id not in counts:
-                continue
-            label = index.categories[category_id]
-            kept = 0
-            for ann in anns:
-                if ann["category_id"] != category_id:
-                    continue
-                if not include_crowd and ann.get("iscrowd") in (1, True):
-                    summary.skip("crowd_excluded")
-                    continue
-                obj = annotation_object(
-                    ann, hw, grid, label, summary, min_coverage=min_coverage, strict=strict
-                )
-                if obj is not None:
-                    objects.append(obj)
-                    kept += 1
-            if kept:
-                groups.append((label, kept))
-        records.append(
-            GroundingRecord(
-                id=str(image_id),
-                image=info["file_name"],
-                task="ovd",
-                prompt=ovd_prompt([index.categories[c] for c in prompt_ids]),
-                answer_template=ovd_answer_template([label for label, count in groups for _ in range(count)]),
-                objects=objects,
-                image_hw=hw,
-                grid=grid,
-                image_id=image_id,
-            )
-        )
+        record = _image_record(index, image_id, info, hw, settings, summary)
+        records.append(record)
         summary.records += 1
-        summary.objects += len(objects)
+        summary.objects += len(record.objects)
     return records, summary
 
+
+@dataclass(frozen=True)
+class _OvdSettings:
+    """The per-image conversion settings of :func:`convert_coco`."""
+
+    category_ids: list[int]  # every category of the instances file, in file order
+    split: str
+    seed: int
+    grid: GridSpec
+    max_instances: int
+    drop_prob: float
+    drop_fraction: float
+    include_crowd: bool
+    min_coverage: float
+    strict: bool
+
+
+def _convertible_hw(
+    image_id: int,
+    info: dict[str, Any],
+    excluded: set[int],
+    max_side: int | None,
+    images_dir: PathLike | None,
+    summary: ConversionSummary,
+    skip_exif_rotated: bool,
+) -> tuple[int, int] | None:
+    """The image's ``(height, width)`` when it is to be converted; ``None`` (the reason counted) when it is skipped."""
+    if image_id in excluded:
+        summary.skip("image_overlap")
+        return None
+    hw = image_hw(info)
+    if hw is not None and max_side is not None and max(hw) > max_side:
+        summary.skip("image_too_large")
+        return None
+    if not check_image(images_dir, info, summary, skip_exif_rotated=skip_exif_rotated) or hw is None:
+        return None
+    return hw
+
+
+def _image_record(
+    index: CocoIndex,
+    image_id: int,
+    info: dict[str, Any],
+    hw: tuple[int, int],
+    settings: _OvdSettings,
+    summary: ConversionSummary,
+) -> GroundingRecord:
+    """The OVD record of one image: its prompt categories, and the answer objects in prompt order."""
+    anns = [a for a in index.by_image[image_id] if _known_category(a, index, summary)]
+    counts = Counter(a["category_id"] for a in anns)
+    over_limit = {c for c, n in counts.items() if n > settings.max_instances}
+    summary.skip("category_over_limit", sum(counts[c] for c in over_limit))
+    order = _category_order(
+        settings.category_ids, counts, settings.split, settings.seed, image_id, settings.drop_prob,
+        settings.drop_fraction,
+    )
+    prompt_ids = [c for c in order if c not in over_limit]
+    groups: list[tuple[str, int]] = []
+    objects: list[GroundingObject] = []
+    for category_id in prompt_ids:
+        if category_id not in counts:
+            continue
+        label = index.categories[category_id]
+        kept = _add_category_objects(objects, anns, category_id, label, hw, settings, summary)
+        if kept:
+            groups.append((label, kept))
+    return GroundingRecord(
+        id=str(image_id),
+        image=info["file_name"],
+        task="ovd",
+        prompt=ovd_prompt([index.categories[c] for c in prompt_ids]),
+        answer_template=ovd_answer_template([label for label, count in groups for _ in range(count)]),
+        objects=objects,
+        image_hw=hw,
+        grid=settings.grid,
+        image_id=image_id,
+    )
+
+
+def _add_category_objects(
+    objects: list[GroundingObject],
+    anns: list[dict[str, Any]],
+    category_id: int,
+    label: str,
+    hw: tuple[int, int],
+    settings: _OvdSettings,
+    summary: ConversionSummary,
+) -> int:
+    """Append to ``objects`` the usable annotations of one category (file order); returns how many were added."""
+    kept = 0
+    for ann in anns:
+        if ann["category_id"] != category_id:
+            continue
+        if not settings.include_crowd and ann.get("iscrowd") in (1, True):
+            summary.skip("crowd_excluded")
+            continue
+        obj = annotation_object(
+            ann, hw, settings.grid, label, summary, min_coverage=settings.min_coverage, strict=settings.strict
+        )
+        if obj is not None:
+            objects.append(obj)
+            kept += 1
+    return kept
 
 def _category_order(
     category_ids: list[int],

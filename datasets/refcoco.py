@@ -7,7 +7,7 @@ category_id, ...}``, and that dataset's ``instances.json`` (COCO train2014 image
 The pickle is read by :func:`load_refs` with an unpickler that refuses every global, so a crafted file cannot run
 code: only dicts, lists, tuples, strings, numbers, booleans and ``None`` come back.
 
-One record per (ref, sentence), as in PADT_REFERENCE §4.3: the mask is the union of the referred annotation's
+One record per (ref, sentence), as in the official PaDT REC data: the mask is the union of the referred annotation's
 polygons, the box its ``bbox``, the sentence lowercased. The patch threshold is strict (``>``), as in the
 official RefCOCO script. A ref whose mask selects no cell is skipped (counted once per ref).
 """
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from padt.datasets.annotations import CocoIndex, annotation_object, check_image, image_hw, load_instances
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE
-from padt.datasets.records import GridSpec, GroundingRecord, PathLike
+from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, PathLike
 from padt.datasets.summary import ConversionSummary
 from padt.text.prompts import rec_answer_template, rec_prompt
 
@@ -134,66 +134,104 @@ def convert_refcoco(
     ref_list = load_refs(refs) if isinstance(refs, (str, Path)) else refs
     index = instances_json if isinstance(instances_json, CocoIndex) else load_instances(instances_json)
     summary = ConversionSummary(f"{name} {split or 'all'}")
-    excluded = set(exclude_image_ids)
-    image_ok: dict[int, bool] = {}
+    images = _ImageCheck(images_dir, set(exclude_image_ids), skip_exif_rotated)
     records = []
     selected = [ref for ref in ref_list if split_matches(split, ref.get("split"))]
     for ref in tqdm(selected, desc=summary.name, unit="ref", disable=not progress):
-        ref_id, ann_id, image_id = ref.get("ref_id"), ref.get("ann_id"), ref.get("image_id")
-        sentences = ref.get("sentences")
-        if not all(isinstance(v, int) for v in (ref_id, ann_id, image_id)) or not isinstance(sentences, list):
-            summary.skip("bad_ref")
+        found = _referred_annotation(ref, index, images, summary)
+        if found is None:
             continue
-        info = index.images.get(image_id)
-        if info is None:
-            summary.skip("unknown_image")
-            continue
-        if image_id not in image_ok:  # each image is checked (and its skip counted) once
-            summary.images += 1
-            if image_id in excluded:
-                summary.skip("image_overlap")
-                image_ok[image_id] = False
-            else:
-                image_ok[image_id] = check_image(images_dir, info, summary, skip_exif_rotated=skip_exif_rotated)
-        if not image_ok[image_id]:
-            continue
-        ann = index.annotations.get(ann_id)
-        if ann is None or ann.get("image_id") != image_id:
-            summary.skip("ann_missing")
-            continue
+        info, ann = found
         hw = image_hw(info)
         assert hw is not None  # check_image refused images without a size
         obj = annotation_object(ann, hw, grid, "", summary, min_coverage=min_coverage, strict=strict)
         if obj is None:
             continue
-        for position, entry in enumerate(sentences):
-            raw = entry.get("sent", entry.get("raw")) if isinstance(entry, dict) else None
-            if not isinstance(raw, str):
-                summary.skip("bad_ref")
-                continue
-            sentence, replaced = normalise_sentence(raw)
-            if not sentence:
-                summary.skip("empty_sentence")
-                continue
-            summary.fix("quote_replaced", int(replaced))
-            sent_id = entry.get("sent_id", position)
-            records.append(
-                GroundingRecord(
-                    id=f"{name}-{ref_id}-{sent_id}",
-                    image=info["file_name"],
-                    task="rec",
-                    prompt=rec_prompt(sentence),
-                    answer_template=rec_answer_template(sentence),
-                    objects=[dataclasses.replace(obj, patches=list(obj.patches), label=sentence)],
-                    image_hw=hw,
-                    grid=grid,
-                    image_id=image_id,
-                )
-            )
-            summary.records += 1
-            summary.objects += 1
+        for position, entry in enumerate(ref["sentences"]):
+            record = _sentence_record(name, ref, position, entry, info, obj, hw, grid, summary)
+            if record is not None:
+                records.append(record)
+                summary.records += 1
+                summary.objects += 1
     return records, summary
 
+
+@dataclass
+class _ImageCheck:
+    """Whether a ref's image may be used: checked (and its skip counted) once per image id."""
+
+    images_dir: PathLike | None
+    excluded: set[int]
+    skip_exif_rotated: bool
+    ok: dict[int, bool] = field(default_factory=dict)
+
+    def __call__(self, image_id: int, info: dict[str, Any], summary: ConversionSummary) -> bool:
+        if image_id not in self.ok:
+            summary.images += 1
+            if image_id in self.excluded:
+                summary.skip("image_overlap")
+                self.ok[image_id] = False
+            else:
+                self.ok[image_id] = check_image(
+                    self.images_dir, info, summary, skip_exif_rotated=self.skip_exif_rotated
+                )
+        return self.ok[image_id]
+
+
+def _referred_annotation(
+    ref: dict[str, Any], index: CocoIndex, images: _ImageCheck, summary: ConversionSummary
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(image info, annotation)`` of a well-formed ref on a usable image; ``None`` (the reason counted) otherwise."""
+    ref_id, ann_id, image_id = ref.get("ref_id"), ref.get("ann_id"), ref.get("image_id")
+    if not all(isinstance(v, int) for v in (ref_id, ann_id, image_id)) or not isinstance(ref.get("sentences"), list):
+        summary.skip("bad_ref")
+        return None
+    info = index.images.get(image_id)
+    if info is None:
+        summary.skip("unknown_image")
+        return None
+    if not images(image_id, info, summary):
+        return None
+    ann = index.annotations.get(ann_id)
+    if ann is None or ann.get("image_id") != image_id:
+        summary.skip("ann_missing")
+        return None
+    return info, ann
+
+
+def _sentence_record(
+    name: str,
+    ref: dict[str, Any],
+    position: int,
+    entry: Any,
+    info: dict[str, Any],
+    obj: GroundingObject,
+    hw: tuple[int, int],
+    grid: GridSpec,
+    summary: ConversionSummary,
+) -> GroundingRecord | None:
+    """The REC record of one sentence of a ref; ``None`` (the reason counted) for an unusable sentence."""
+    raw = entry.get("sent", entry.get("raw")) if isinstance(entry, dict) else None
+    if not isinstance(raw, str):
+        summary.skip("bad_ref")
+        return None
+    sentence, replaced = normalise_sentence(raw)
+    if not sentence:
+        summary.skip("empty_sentence")
+        return None
+    summary.fix("quote_replaced", int(replaced))
+    sent_id = entry.get("sent_id", position)
+    return GroundingRecord(
+        id=f"{name}-{ref['ref_id']}-{sent_id}",
+        image=info["file_name"],
+        task="rec",
+        prompt=rec_prompt(sentence),
+        answer_template=rec_answer_template(sentence),
+        objects=[dataclasses.replace(obj, patches=list(obj.patches), label=sentence)],
+        image_hw=hw,
+        grid=grid,
+        image_id=ref["image_id"],
+    )
 
 @dataclass
 class Overlap:

@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,77 +116,119 @@ def generate_synthetic(
         sentences_per_ref: at most this many expressions per referred object.
         position_margin, size_ratio: how clearly a superlative's object must win (see the module docstring).
     """
+    palette = _checked_palette(shapes, colors, objects_per_image, object_size)
+    root = Path(out_dir)
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(shapes)]
+    scenes = _Scenes({c["name"]: c["id"] for c in categories}, sentences_per_ref)
+    for image_id in range(1, num_images + 1):
+        height, width = (int(v) for v in rng.integers(image_size[0], image_size[1] + 1, size=2))
+        split = "val" if rng.random() < val_fraction else "train"
+        objects = _place_shapes(rng, height, width, shapes, palette, objects_per_image, object_size,
+                                allow_occlusion, min_visible_fraction)
+        file_name = f"{image_id:06d}.png"
+        # Level 1: level 6 saves ~10 % of the bytes at twice the encoding time.
+        _render(rng, objects, palette, height, width, noise).save(images_dir / file_name, compress_level=1)
+        first_ann = scenes.add_image(image_id, file_name, height, width, split, objects)
+        expressions = referring_expressions(objects, position_margin=position_margin, size_ratio=size_ratio)
+        scenes.add_refs(rng, image_id, file_name, split, objects, expressions, first_ann)
+    instances_path, refs_path = scenes.write(root, seed, categories)
+    return SyntheticDataset(root, images_dir, instances_path, refs_path, num_images, len(scenes.annotations),
+                            len(scenes.refs), scenes.without_ref, scenes.splits)
+
+
+def _checked_palette(
+    shapes: Sequence[str], colors: ColorSpec, objects_per_image: tuple[int, int], object_size: tuple[int, int]
+) -> dict[str, tuple[int, int, int]]:
+    """The name -> RGB palette of ``colors``, once the shape, colour and range arguments are known to be valid."""
     palette = {name: COLORS[name] for name in colors} if not isinstance(colors, Mapping) else dict(colors)
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or not shapes or not palette:
         raise ValueError(f"shapes must be a non-empty subset of {SHAPES} and colors non-empty; got {shapes}")
     if not (1 <= objects_per_image[0] <= objects_per_image[1]) or not (4 <= object_size[0] <= object_size[1]):
         raise ValueError(f"bad ranges: objects_per_image={objects_per_image}, object_size={object_size}")
-    root = Path(out_dir)
-    images_dir = root / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(shapes)]
-    category_of = {c["name"]: c["id"] for c in categories}
-    images, annotations, refs = [], [], []
-    splits: dict[str, list[int]] = {"train": [], "val": []}
-    without_ref = 0
-    for image_id in range(1, num_images + 1):
-        height, width = (int(v) for v in rng.integers(image_size[0], image_size[1] + 1, size=2))
-        split = "val" if rng.random() < val_fraction else "train"
-        splits[split].append(image_id)
-        objects = _place_shapes(rng, height, width, shapes, palette, objects_per_image, object_size,
-                                allow_occlusion, min_visible_fraction)
-        file_name = f"{image_id:06d}.png"
-        # Level 1: level 6 saves ~10 % of the bytes at twice the encoding time.
-        _render(rng, objects, palette, height, width, noise).save(images_dir / file_name, compress_level=1)
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width, "split": split})
-        first_ann = len(annotations) + 1
+    return palette
+
+
+@dataclass
+class _Scenes:
+    """The COCO images and annotations and the RefCOCO refs of the scenes drawn so far, in drawing order."""
+
+    category_of: dict[str, int]
+    sentences_per_ref: int
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[dict[str, Any]] = field(default_factory=list)
+    splits: dict[str, list[int]] = field(default_factory=lambda: {"train": [], "val": []})
+    without_ref: int = 0
+
+    def add_image(
+        self, image_id: int, file_name: str, height: int, width: int, split: str, objects: Sequence[_Shape]
+    ) -> int:
+        """Record one scene's image entry and an annotation per object; returns the id of its first annotation."""
+        self.splits[split].append(image_id)
+        self.images.append({"id": image_id, "file_name": file_name, "height": height, "width": width, "split": split})
+        first_ann = len(self.annotations) + 1
         for offset, obj in enumerate(objects):
-            annotations.append({
+            self.annotations.append({
                 "id": first_ann + offset,
                 "image_id": image_id,
-                "category_id": category_of[obj.shape],
+                "category_id": self.category_of[obj.shape],
                 "segmentation": mask_to_rle(obj.visible),
                 "area": obj.area,
                 "bbox": list(obj.box),
                 "iscrowd": 0,
                 "color": obj.color,
             })
-        expressions = referring_expressions(objects, position_margin=position_margin, size_ratio=size_ratio)
+        return first_ann
+
+    def add_refs(
+        self,
+        rng: np.random.Generator,
+        image_id: int,
+        file_name: str,
+        split: str,
+        objects: Sequence[_Shape],
+        expressions: list[list[str]],
+        first_ann: int,
+    ) -> None:
+        """One ref per object that has an expression, with up to ``sentences_per_ref`` of them drawn at random."""
         for offset, obj in enumerate(objects):
             candidates = expressions[offset]
             if not candidates:
-                without_ref += 1
+                self.without_ref += 1
                 continue
-            count = min(sentences_per_ref, len(candidates))
+            count = min(self.sentences_per_ref, len(candidates))
             chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=count, replace=False))]
-            ref_id = len(refs) + 1
+            ref_id = len(self.refs) + 1
             sentences = [
                 {"sent": s, "raw": s, "tokens": s.split(), "sent_id": ref_id * 100 + k} for k, s in enumerate(chosen)
             ]
-            refs.append({
+            self.refs.append({
                 "ref_id": ref_id,
                 "ann_id": first_ann + offset,
                 "image_id": image_id,
                 "split": split,
                 "sentences": sentences,
                 "sent_ids": [s["sent_id"] for s in sentences],
-                "category_id": category_of[obj.shape],
+                "category_id": self.category_of[obj.shape],
                 "file_name": file_name,
             })
-    instances = {
-        "info": {"description": "padt synthetic shapes", "seed": seed},
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    instances_path, refs_path = root / "instances.json", root / "refs.p"
-    instances_path.write_text(json.dumps(instances), encoding="utf-8")
-    refs_path.write_bytes(pickle.dumps(refs, protocol=4))
-    return SyntheticDataset(root, images_dir, instances_path, refs_path, num_images, len(annotations), len(refs),
-                            without_ref, splits)
 
+    def write(self, root: Path, seed: int, categories: list[dict[str, Any]]) -> tuple[Path, Path]:
+        """Write ``instances.json`` and ``refs.p`` under ``root``; returns their paths."""
+        instances = {
+            "info": {"description": "padt synthetic shapes", "seed": seed},
+            "images": self.images,
+            "annotations": self.annotations,
+            "categories": categories,
+        }
+        instances_path, refs_path = root / "instances.json", root / "refs.p"
+        instances_path.write_text(json.dumps(instances), encoding="utf-8")
+        refs_path.write_bytes(pickle.dumps(self.refs, protocol=4))
+        return instances_path, refs_path
 
 def referring_expressions(
     objects: Sequence[_Shape], *, position_margin: float = 8.0, size_ratio: float = 1.25

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from padt.configuration import PaDTConfig
 from padt.datasets.patches import sample_vrt_patches
 from padt.datasets.records import GroundingRecord, check_grid
 from padt.losses.box_ops import box_xyxy_to_cxcywh
@@ -74,7 +75,7 @@ class GroundingDataset(Dataset):
         processor,
         *,
         mask_scale: int,
-        vrts_per_object: int = 5,
+        vrts_per_object: int = PaDTConfig.num_vrt_per_object,
         sampling: str = "random",
         seed: int = 0,
         answer_format: str = "vrt",

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from padt.vision.geometry import normalised_centres
+
 from .attention import Backend, DecoderAttention, PackedSeqs, resolve_backend
 from .config import MASK_SPLIT, PaDTDecoderConfig
 from .layers import MLP, RMSNorm, RotaryPE, init_weights, sine_position_encoding
@@ -219,7 +221,7 @@ class PaDTDecoder(nn.Module):
         vrt_counts: torch.Tensor,
         object_image: torch.Tensor,
         memory: DecoderMemory,
-        vrt_patches: torch.Tensor | None = None,
+        vrt_rows: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Decode K objects in one packed pass.
 
@@ -228,7 +230,7 @@ class PaDTDecoder(nn.Module):
             vrt_counts: LongTensor [K], n_k >= 1 VRTs per object.
             object_image: LongTensor [K], index into ``memory``'s images of each object's image.
             memory: the I images' vision features (see :class:`DecoderMemory`).
-            vrt_patches: LongTensor [sum n_k], the row of ``memory.low_res`` (images packed one after another,
+            vrt_rows: LongTensor [sum n_k], the row of ``memory.low_res`` (images packed one after another,
                 merged cells in raster order) of the patch each VRT names. Required when
                 ``config.vrt_patch_features`` is on, ignored otherwise.
 
@@ -237,7 +239,7 @@ class PaDTDecoder(nn.Module):
             score_logits [K], mask_logits [K, max H*s, max W*s] or None, mask_hw [K, 2].
         """
         cfg = self.config
-        self._check_inputs(vrt_states, vrt_counts, object_image, memory, vrt_patches)
+        self._check_inputs(vrt_states, vrt_counts, object_image, memory, vrt_rows)
         device, dtype = vrt_states.device, self.task_tokens.weight.dtype
         object_image = object_image.to(device=device, dtype=torch.long)
         vrt_counts = vrt_counts.to(device=device, dtype=torch.long)
@@ -249,7 +251,7 @@ class PaDTDecoder(nn.Module):
 
         high_counts = grid_hw[:, 0] * grid_hw[:, 1]
         low, mem, high_yx = self._low_res_memory(memory, grid_hw, high_counts, object_image, dtype)
-        query, query_seqs, token_pos = self._pack_queries(vrt_states, vrt_counts, mem, vrt_patches, dtype)
+        query, query_seqs, token_pos = self._pack_queries(vrt_states, vrt_counts, mem, vrt_rows, dtype)
         query_pos = query  # the initial queries stay the positional term of every block
         ctx = _QueryContext(query_pos, query_seqs, resolve_backend(cfg.attn_implementation, query))
         query, mem, per_image = self._run_blocks(self.low_res_blocks, query, mem, True, low, ctx)
@@ -280,7 +282,7 @@ class PaDTDecoder(nn.Module):
         mem = self.input_projection(memory.low_res.to(device=device, dtype=dtype))
         high_yx = None
         if cfg.memory_position_encoding:
-            high_yx = _normalised_centres(memory.token_rc.to(device), grid_hw, high_counts)
+            high_yx = normalised_centres(memory.token_rc.to(device), grid_hw.repeat_interleave(high_counts, dim=0))
             low_yx = high_yx.view(-1, cfg.spatial_merge_size**2, 2).mean(dim=1)  # centre of each merge block
             mem = mem + sine_position_encoding(low_yx, cfg.hidden_size).to(dtype)
         return low, mem, high_yx
@@ -290,7 +292,7 @@ class PaDTDecoder(nn.Module):
         vrt_states: torch.Tensor,
         vrt_counts: torch.Tensor,
         low_mem: torch.Tensor,
-        vrt_patches: torch.Tensor | None,
+        vrt_rows: torch.Tensor | None,
         dtype: torch.dtype,
     ) -> tuple[torch.Tensor, PackedSeqs, torch.Tensor]:
         """Queries [box, score, mask, VRT_1..VRT_n] per object, packed: (queries [Tq, C], packing, task-token rows).
@@ -307,7 +309,7 @@ class PaDTDecoder(nn.Module):
         vrt_pos = starts[vrt_obj] + NUM_TASK_TOKENS + vrt_rank
         vrt_queries = self.input_projection(vrt_states.to(dtype)) + self.vrt_embedding.weight
         if cfg.vrt_patch_features:
-            vrt_queries = vrt_queries + low_mem.index_select(0, vrt_patches.to(device=device, dtype=torch.long))
+            vrt_queries = vrt_queries + low_mem.index_select(0, vrt_rows.to(device=device, dtype=torch.long))
         task_queries = self.task_tokens.weight.expand(num_obj, -1, -1).flatten(0, 1)
         query = vrt_queries.new_zeros(int(query_seqs.cu_seqlens[-1]), cfg.hidden_size)
         query = query.index_copy(0, vrt_pos, vrt_queries).index_copy(0, token_pos, task_queries)
@@ -427,7 +429,7 @@ class PaDTDecoder(nn.Module):
         vrt_counts: torch.Tensor,
         object_image: torch.Tensor,
         memory: DecoderMemory,
-        vrt_patches: torch.Tensor | None,
+        vrt_rows: torch.Tensor | None,
     ) -> None:
         cfg = self.config
         if vrt_states.ndim != 2 or vrt_states.shape[1] != cfg.llm_hidden_size:
@@ -439,16 +441,16 @@ class PaDTDecoder(nn.Module):
             )
         memory.validate(cfg.spatial_merge_size, cfg.head_dim, cfg.hidden_size, cfg.llm_hidden_size)
         if cfg.vrt_patch_features:
-            if vrt_patches is None:
-                raise ValueError("this decoder has vrt_patch_features on: pass vrt_patches (the patch row of each VRT)")
-            if vrt_patches.shape != (vrt_states.shape[0],):
+            if vrt_rows is None:
+                raise ValueError("this decoder has vrt_patch_features on: pass vrt_rows (the patch row of each VRT)")
+            if vrt_rows.shape != (vrt_states.shape[0],):
                 raise ValueError(
-                    f"vrt_patches must be [{vrt_states.shape[0]}] (one row per VRT state), "
-                    f"got {tuple(vrt_patches.shape)}"
+                    f"vrt_rows must be [{vrt_states.shape[0]}] (one row per VRT state), "
+                    f"got {tuple(vrt_rows.shape)}"
                 )
             rows = memory.low_res.shape[0]
-            if vrt_patches.numel() and not 0 <= int(vrt_patches.min()) <= int(vrt_patches.max()) < rows:
-                raise ValueError(f"vrt_patches must index the {rows} rows of memory.low_res")
+            if vrt_rows.numel() and not 0 <= int(vrt_rows.min()) <= int(vrt_rows.max()) < rows:
+                raise ValueError(f"vrt_rows must index the {rows} rows of memory.low_res")
         if vrt_counts.numel() == 0:
             if vrt_states.shape[0] != 0:
                 raise ValueError(f"no objects but {vrt_states.shape[0]} VRT states")
@@ -462,9 +464,3 @@ class PaDTDecoder(nn.Module):
             raise ValueError(f"vrt_counts sum to {total} but vrt_states has {vrt_states.shape[0]} rows")
         if min_image < 0 or max_image >= memory.num_images:
             raise ValueError(f"object_image must index the {memory.num_images} images of the memory")
-
-
-def _normalised_centres(token_rc: torch.Tensor, grid_hw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """[ΣN, 2] (row, col) on each image's patch grid -> (y, x) of the patch centres, normalised to [0, 1]."""
-    sizes = grid_hw.repeat_interleave(counts, dim=0).float()
-    return (token_rc.float() + 0.5) / sizes

@@ -123,32 +123,48 @@ class PaDTCriterion(nn.Module):
             vrt_exclude,
             chunk_size=self.chunk_size,
         )
-        terms: dict[str, Tensor] = {"ce": ce.loss}
         # Zeros that are part of the graph: backward still works on text-only batches.
         anchor = pred_boxes if pred_boxes is not None else hidden
         zero = anchor.flatten()[:0].sum().float()
-
-        if pred_boxes is not None and pred_boxes.shape[0] > 0:
-            if gt_boxes is None:
-                raise ValueError("pred_boxes given without gt_boxes")
-            boxes = box_loss(pred_boxes, gt_boxes, num_boxes)
-            terms["box_l1"], terms["box_giou"] = boxes["l1"], boxes["giou"]
-            terms["score"] = (
-                score_loss(score_logits, boxes["giou_pairs"], num_boxes) if score_logits is not None else zero
-            )
-        else:
-            terms["box_l1"] = terms["box_giou"] = terms["score"] = zero
-
-        if mask_logits is not None and mask_logits.shape[0] > 0:
-            if gt_masks is None:
-                raise ValueError("mask_logits given without gt_masks")
-            masks = mask_loss(mask_logits, gt_masks, mask_valid, valid_hw=mask_valid_hw, has_mask=has_mask)
-            terms["mask_dice"], terms["mask_focal"] = masks["dice"], masks["focal"]
-        else:
-            terms["mask_dice"] = terms["mask_focal"] = zero
-
+        terms: dict[str, Tensor] = {"ce": ce.loss}
+        terms.update(_box_terms(pred_boxes, gt_boxes, score_logits, num_boxes, zero))
+        terms.update(_mask_terms(mask_logits, gt_masks, mask_valid, mask_valid_hw, has_mask, zero))
         loss = sum((w * terms[name] for name, w in self.weight_dict.items() if w != 0.0), start=zero)
         out = {"loss": loss}
         out.update({name: terms[name].detach() for name in LOSS_TERMS})
         out["token_accuracy"] = (ce.num_correct.sum() / ce.num_tokens.sum().clamp(min=1)).detach().float()
         return out
+
+
+def _box_terms(
+    pred_boxes: Tensor | None,
+    gt_boxes: Tensor | None,
+    score_logits: Tensor | None,
+    num_boxes: float | Tensor | None,
+    zero: Tensor,
+) -> dict[str, Tensor]:
+    """``box_l1``, ``box_giou`` and ``score``; ``zero`` for each when there is no predicted box (or no score)."""
+    if pred_boxes is None or pred_boxes.shape[0] == 0:
+        return {"box_l1": zero, "box_giou": zero, "score": zero}
+    if gt_boxes is None:
+        raise ValueError("pred_boxes given without gt_boxes")
+    boxes = box_loss(pred_boxes, gt_boxes, num_boxes)
+    score = score_loss(score_logits, boxes["giou_pairs"], num_boxes) if score_logits is not None else zero
+    return {"box_l1": boxes["l1"], "box_giou": boxes["giou"], "score": score}
+
+
+def _mask_terms(
+    mask_logits: Tensor | None,
+    gt_masks: Tensor | None,
+    mask_valid: Tensor | None,
+    mask_valid_hw: Tensor | None,
+    has_mask: Tensor | None,
+    zero: Tensor,
+) -> dict[str, Tensor]:
+    """``mask_dice`` and ``mask_focal``; ``zero`` for both when there are no mask logits."""
+    if mask_logits is None or mask_logits.shape[0] == 0:
+        return {"mask_dice": zero, "mask_focal": zero}
+    if gt_masks is None:
+        raise ValueError("mask_logits given without gt_masks")
+    masks = mask_loss(mask_logits, gt_masks, mask_valid, valid_hw=mask_valid_hw, has_mask=has_mask)
+    return {"mask_dice": masks["dice"], "mask_focal": masks["focal"]}

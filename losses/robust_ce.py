@@ -1,4 +1,4 @@
-"""Robust per-token cross-entropy over text and visual reference tokens (VRTs), PaDT §3.1.
+"""Robust per-token cross-entropy over text and visual reference tokens (VRTs): PaDT's token (``sft``) loss.
 
 Vocabulary layout (one batch): ids ``0 .. V-1`` are text tokens, scored by the LM-head rows
 ``text_weight``; ids ``V .. V+P-1`` are *batch-global* VRTs, id ``V + p`` naming global patch ``p``
@@ -280,17 +280,47 @@ def robust_token_cross_entropy(
     V, P = text_weight.shape[0], prototypes.shape[0]
     b_idx, t_idx, target = _supervised(labels, ignore_index, V + P)
     if vrt_allowed is not None:
-        is_vrt = target >= V
-        if not vrt_allowed[b_idx[is_vrt], target[is_vrt] - V].all():
-            raise ValueError("a VRT target is not in its sample's vrt_allowed set (wrong image offset?)")
+        _check_vrt_targets(vrt_allowed, b_idx, target, V)
     ex_rows, ex_patches = _exclusion_rows(vrt_exclude, labels, b_idx, t_idx, target, V, P)
+    if b_idx.numel() == 0:
+        return _no_supervised_tokens(hidden, B, labels.device)
+    nll, correct = _chunked_nll(
+        hidden, b_idx, t_idx, target, text_weight, prototypes, vrt_allowed, ex_rows, ex_patches, chunk_size,
+        use_checkpoint,
+    )
+    return _per_sample_loss(nll, correct, b_idx, B)
 
-    N = b_idx.numel()
-    if N == 0:
-        zero = hidden.flatten()[:0].sum().float()  # exactly 0, but part of the graph
-        counts = torch.zeros(B, dtype=torch.long, device=labels.device)
-        return TokenCEOutput(zero, hidden.new_zeros(B, dtype=torch.float32), counts, counts.clone())
 
+def _check_vrt_targets(vrt_allowed: Tensor, b_idx: Tensor, target: Tensor, V: int) -> None:
+    """Raise ``ValueError`` when a VRT target names a patch its sample may not name."""
+    is_vrt = target >= V
+    if not vrt_allowed[b_idx[is_vrt], target[is_vrt] - V].all():
+        raise ValueError("a VRT target is not in its sample's vrt_allowed set (wrong image offset?)")
+
+
+def _no_supervised_tokens(hidden: Tensor, B: int, device: torch.device) -> TokenCEOutput:
+    """The result for a batch without supervised tokens: an exact 0 loss that is still part of the graph."""
+    zero = hidden.flatten()[:0].sum().float()  # exactly 0, but part of the graph
+    counts = torch.zeros(B, dtype=torch.long, device=device)
+    return TokenCEOutput(zero, hidden.new_zeros(B, dtype=torch.float32), counts, counts.clone())
+
+
+def _chunked_nll(
+    hidden: Tensor,
+    b_idx: Tensor,
+    t_idx: Tensor,
+    target: Tensor,
+    text_weight: Tensor,
+    prototypes: Tensor,
+    vrt_allowed: Tensor | None,
+    ex_rows: Tensor,
+    ex_patches: Tensor,
+    chunk_size: int,
+    use_checkpoint: bool,
+) -> tuple[Tensor, Tensor]:
+    """``[N]`` NLL and ``[N]`` bool argmax == target of the supervised rows, ``chunk_size`` rows at a time, each
+    chunk under activation checkpointing when a gradient is wanted and ``use_checkpoint`` is set."""
+    N, P = b_idx.numel(), prototypes.shape[0]
     h_sup = hidden[b_idx, t_idx]  # [N, D]: the only rows that ever meet the vocabulary
     grad = torch.is_grad_enabled() and (hidden.requires_grad or text_weight.requires_grad or prototypes.requires_grad)
     nll_chunks, correct_chunks = [], []
@@ -304,9 +334,11 @@ def robust_token_cross_entropy(
             nll, correct = _chunk_nll(*args)
         nll_chunks.append(nll)
         correct_chunks.append(correct)
-    nll = torch.cat(nll_chunks)
-    correct = torch.cat(correct_chunks)
+    return torch.cat(nll_chunks), torch.cat(correct_chunks)
 
+
+def _per_sample_loss(nll: Tensor, correct: Tensor, b_idx: Tensor, B: int) -> TokenCEOutput:
+    """Per-sample mean NLL and token counts, and the loss: the mean over the samples that have a supervised token."""
     num_tokens = torch.bincount(b_idx, minlength=B)
     num_correct = torch.bincount(b_idx, weights=correct.float(), minlength=B).long()
     per_sample = nll.new_zeros(B).index_add(0, b_idx, nll) / num_tokens.clamp(min=1)

@@ -27,8 +27,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
         vrt_norm_init (`float`, *optional*, defaults to 0.0):
             Starting value of the prototypes' LayerNorm gain. `0.0` (the reference) makes every prototype 0 at
             initialisation, so VRTs start neutral. Started at zero, the gain grows only in the feature directions
-            that the first steps of training reward, and the tiny demo model's prototypes lost colour that its
-            vision tower kept (a linear colour probe: 45 % of cells); it starts at `1.0` (a plain LayerNorm).
+            that the first steps of training reward; `1.0` starts a plain LayerNorm (the tiny demo model's choice;
+            ``docs/architecture.md`` says what each start did to it).
         use_visual_prototype_projection (`bool`, *optional*, defaults to `True`):
             When `False`, the prototypes are the raw merged patch features (the official ablation switch).
         prototype_position_encoding (`bool`, *optional*, defaults to `False`):
@@ -42,7 +42,8 @@ class PaDTConfig(Qwen2_5_VLConfig):
             How the decoder consumes high-resolution patches: `"raster"` (true positions; for training) or
             `"official"` (window order placed as raster, to reproduce the released PaDT checkpoints).
         num_vrt_per_object (`int`, *optional*, defaults to 5):
-            VRTs written per object in training answers.
+            VRTs written per object in training answers (unless `TrainConfig.vrts_per_object` says otherwise) and in
+            the teacher-forced answers of `padt eval --mode teacher_forced`.
         decoder_config (`dict`, *optional*):
             Settings of :class:`padt.decoders.PaDTDecoderConfig`. Sizes left out are taken from the vision tower
             (hidden size, heads, MLP width, merge size) and the language model (hidden size).

@@ -43,8 +43,6 @@ TASKS = ("rec", "res", "ovd", "ric")
 RECORD_TASK = {"rec": "rec", "res": "rec", "ovd": "ovd", "ric": "ric"}
 #: IoU thresholds of the REC accuracy; 0.5 is the paper's Acc@0.5.
 REC_THRESHOLDS = (0.5, 0.75, 0.9)
-#: VRTs per object in the teacher-forced answers (PaDT's training default).
-TEACHER_FORCED_VRTS = 5
 
 Mode = Literal["generate", "teacher_forced"]
 _OVD_CATEGORIES = re.compile(r"detect the following objects:\s*(\[.*\])\s*\.?\s*$", re.DOTALL)
@@ -222,7 +220,7 @@ def strip_grounding(text: str) -> str:
     return " ".join(text.split())
 
 
-def teacher_forced_answer(record: GroundingRecord, vrts_per_object: int = TEACHER_FORCED_VRTS) -> str:
+def teacher_forced_answer(record: GroundingRecord, vrts_per_object: int) -> str:
     """The record's answer with up to ``vrts_per_object`` VRTs per object, drawn without replacement.
 
     The draw is seeded by the record id, so it is the same on every run, rank and ``limit``.
@@ -238,8 +236,9 @@ def _answer(pipeline: Any, records: list[GroundingRecord], images: list[Image.Im
     require_labels = "ric" not in tasks  # RIC objects are named by the phrase before them, not a quoted label
     if mode == "generate":
         return pipeline.ask(images, [r.prompt for r in records], require_labels=require_labels, **generate_kwargs)
+    vrts = pipeline.vrts_per_object
     return [
-        pipeline.decode_answer(image, teacher_forced_answer(r), r.prompt, require_labels=require_labels)
+        pipeline.decode_answer(image, teacher_forced_answer(r, vrts), r.prompt, require_labels=require_labels)
         for r, image in zip(records, images, strict=True)
     ]
 

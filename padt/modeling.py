@@ -35,6 +35,7 @@ from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoder
 from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
 from padt.decoders.memory import first_subpatch_pe
+from padt.official.checkpoint import is_official_layout, load_official_model
 from padt.vision.codec import VRTCodec
 from padt.vision.context import VisionContext, VisualPrototypes
 from padt.vision.geometry import high_res_layout, merged_cell_centres, window_order
@@ -83,12 +84,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
         """transformers' ``from_pretrained``; a local folder of the official PaDT release (``config.json`` with a
-        ``vl_decoder`` dict) is translated and loaded by :func:`padt.official.load_official_model`."""
-        from padt.official.checkpoint import (  # padt.official.checkpoint imports this module
-            is_official_layout,
-            load_official_model,
-        )
-
+        ``vl_decoder`` dict) is translated and loaded by :func:`padt.official.checkpoint.load_official_model`."""
         if pretrained_model_name_or_path is not None and is_official_layout(pretrained_model_name_or_path):
             return load_official_model(pretrained_model_name_or_path, *model_args, model_class=cls, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
@@ -103,7 +99,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self,
         pixel_values: torch.Tensor,
         image_grid_thw: torch.Tensor,
-        image_sample: torch.Tensor | list[int] | None = None,
+        sample_of_image: torch.Tensor | list[int] | None = None,
         num_samples: int | None = None,
     ) -> VisionContext:
         """Run the vision tower once and build the batch's :class:`VisionContext`.
@@ -111,18 +107,18 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         Args:
             pixel_values: [ΣN, 3·2·patch²] flattened patches from the processor.
             image_grid_thw: [I, 3] (t, H, W) ViT grid per image.
-            image_sample: [I] batch row of each image (default: one image per sample, in order).
+            sample_of_image: [I] batch row of each image (default: one image per sample, in order).
             num_samples: batch size B (default: the number of images).
         """
         visual = self.model.visual
         vision_config = self.config.vision_config
         merge = vision_config.spatial_merge_size
         unit = merge * merge
-        if image_sample is None:
-            image_sample = list(range(len(image_grid_thw)))
+        if sample_of_image is None:
+            sample_of_image = list(range(len(image_grid_thw)))
         if num_samples is None:
             num_samples = len(image_grid_thw)
-        codec = VRTCodec.from_grid_thw(self.text_vocab_size, image_grid_thw, merge, image_sample, num_samples)
+        codec = VRTCodec.from_grid_thw(self.text_vocab_size, image_grid_thw, merge, sample_of_image, num_samples)
 
         out = visual(pixel_values.type(visual.dtype), grid_thw=image_grid_thw)
         image_embeds = out.pooler_output  # [P, D], raster order of the merged grids
@@ -223,20 +219,20 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
-        image_sample: torch.LongTensor | None = None,
+        sample_of_image: torch.LongTensor | None = None,
         vision: VisionContext | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Forward pass over text and batch-global VRT ids.
 
-        Either pass ``pixel_values`` + ``image_grid_thw`` (+ ``image_sample`` for several images per sample) or a
+        Either pass ``pixel_values`` + ``image_grid_thw`` (+ ``sample_of_image`` for several images per sample) or a
         ``vision`` context from :meth:`encode_images`. Returns logits [B, T', V + P] (text then VRTs). With
         ``labels`` [B, T] (unshifted, −100 ignored) the loss is the plain next-token cross-entropy over those
         logits; training uses :mod:`padt.losses` instead, which never materialises them for every position.
         """
         if vision is None and pixel_values is not None:
-            vision = self.encode_images(pixel_values, image_grid_thw, image_sample, num_samples=input_ids.shape[0])
+            vision = self.encode_images(pixel_values, image_grid_thw, sample_of_image, num_samples=input_ids.shape[0])
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids, vision)
         outputs = self.model(
@@ -298,7 +294,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
-        image_sample: torch.LongTensor | None = None,
+        sample_of_image: torch.LongTensor | None = None,
         vision: VisionContext | None = None,
         **kwargs: Any,
     ):
@@ -313,7 +309,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if (kwargs.get("num_beams") or generation_config.num_beams or 1) > 1:
             raise NotImplementedError("PaDT generation supports greedy decoding and sampling, not beam search")
         if vision is None and pixel_values is not None:
-            vision = self.encode_images(pixel_values, image_grid_thw, image_sample, num_samples=input_ids.shape[0])
+            vision = self.encode_images(pixel_values, image_grid_thw, sample_of_image, num_samples=input_ids.shape[0])
         if vision is not None:
             kwargs["vision"] = vision
             kwargs.setdefault("image_grid_thw", vision.grid_thw)
@@ -330,7 +326,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             # transformers repeats image_grid_thw image by image; each copy of a sample must list all its images.
             spans, start = [], 0
             for b in range(vision.codec.num_samples):  # images are ordered by sample
-                count = vision.codec.image_sample.count(b)
+                count = vision.codec.sample_of_image.count(b)
                 spans.append((start, start + count))
                 start += count
             index = _repeat_sample_rows(spans, expand_size)
@@ -342,11 +338,11 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """One teacher-forced pass over a processor batch with answers: vision context and last-layer states.
 
         ``inputs`` is what :class:`~padt.processing.PaDTProcessor` returns for (images, prompts, answers): local
-        VRT ids, ``pixel_values``, ``image_grid_thw``, ``image_sample``, ``attention_mask``, ``mm_token_type_ids``.
+        VRT ids, ``pixel_values``, ``image_grid_thw``, ``sample_of_image``, ``attention_mask``, ``mm_token_type_ids``.
         The pipeline (``decode_answer``), the training objective and the visualiser all run this one pass.
         """
         vision = self.encode_images(
-            inputs["pixel_values"], inputs["image_grid_thw"], inputs["image_sample"], inputs["input_ids"].shape[0]
+            inputs["pixel_values"], inputs["image_grid_thw"], inputs["sample_of_image"], inputs["input_ids"].shape[0]
         )
         input_ids = vision.codec.to_global(inputs["input_ids"])
         hidden = self.answer_states(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
@@ -380,7 +376,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         memory = vision.memory
         if detach_memory:
             memory = replace(memory, low_res=memory.low_res.detach(), high_res=memory.high_res.detach())
-        decoded = self.vrt_decoder(vrt_states, queries.vrt_counts, object_image, memory, vrt_patches=rows)
+        decoded = self.vrt_decoder(vrt_states, queries.vrt_counts, object_image, memory, vrt_rows=rows)
         return DecodedObjects(decoded, object_image, rows, queries.vrt_counts)
 
 

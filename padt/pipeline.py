@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from padt.modeling import PaDTForConditionalGeneration
-from padt.official.checkpoint import is_official_layout, load_official_processor
 from padt.postprocess import GroundingPostProcessor
 from padt.processing import PaDTProcessor
 from padt.results import GroundedObject, GroundedOutput
@@ -73,7 +72,7 @@ class PaDTPipeline:
         if device is not None:
             model = model.to(device)
         model.eval()
-        processor = load_official_processor(path) if is_official_layout(path) else PaDTProcessor.from_pretrained(path)
+        processor = PaDTProcessor.from_pretrained(path)
         return cls(model, processor, **kwargs)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -81,6 +80,11 @@ class PaDTPipeline:
         Path(path).mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.processor.save_pretrained(path)
+
+    @property
+    def vrts_per_object(self) -> int:
+        """How many VRTs the model writes per object (``PaDTConfig.num_vrt_per_object``, 5 as in the paper)."""
+        return self.model.config.num_vrt_per_object
 
     @property
     def answer_format(self) -> AnswerFormat:
@@ -157,7 +161,7 @@ class PaDTPipeline:
     def _generate_batch(self, images, prompts, require_labels, generate_kwargs) -> list[GroundedOutput]:
         batch = self.processor(images, prompts).to(self.model.device)
         vision = self.model.encode_images(
-            batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], batch["input_ids"].shape[0]
+            batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], batch["input_ids"].shape[0]
         )
         with vision.recording() as recorded:
             sequences = self.model.generate(
@@ -184,16 +188,17 @@ class PaDTPipeline:
                                     require_labels)
             for b, ids in enumerate(completions)
         ]
-        queries, owners = queries_from_answers(answers, codec, device=states.device)
+        queries, decoded_owners = queries_from_answers(answers, codec, device=states.device)
         decoded_objects = []
-        if owners:
+        if decoded_owners:
             decoded = self.model.ground(vision, states, queries)
-            decoded_objects = self.postprocess(decoded, codec, geometries, [obj.label for _, obj in owners])
+            decoded_objects = self.postprocess(decoded, codec, geometries, [obj.label for _, obj in decoded_owners])
         outputs = []
         for b, answer in enumerate(answers):
-            mine = [geometries[i] for i in codec.sample_images(b)]
-            outputs.append(GroundedOutput(answer.text, [], list(answer.problems), [g.original_hw for g in mine], mine))
-        decoded_by_object = {id(obj): grounded for (_, obj), grounded in zip(owners, decoded_objects)}
+            sample_geometries = [geometries[i] for i in codec.sample_images(b)]
+            sizes = [g.original_hw for g in sample_geometries]
+            outputs.append(GroundedOutput(answer.text, [], list(answer.problems), sizes, sample_geometries))
+        decoded_by_object = {id(obj): grounded for (_, obj), grounded in zip(decoded_owners, decoded_objects)}
         for b, answer in enumerate(answers):
             for obj in answer.objects:
                 if id(obj) in decoded_by_object:

@@ -56,7 +56,7 @@ class GroundingPostProcessor:
         return [
             GroundedObject(
                 labels[k], patches[k].tolist(), tuple(boxes[k].tolist()), scores[k], masks[k],
-                image - first_image[codec.image_sample[image]],
+                image - first_image[codec.sample_of_image[image]],
             )
             for k, image in enumerate(images)
         ]

@@ -9,6 +9,7 @@ VRTs are never added to the tokenizer: :meth:`PaDTProcessor.encode_text` maps ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from padt.official.checkpoint import is_official_layout, load_official_processor
 from padt.text.answer_formats import get_answer_format
 from padt.text.parser import ParsedAnswer
 from padt.text.prompts import VRT_PATTERN, vrt_token
@@ -92,6 +94,15 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         ProcessorMixin.__init__(
             self, image_processor, tokenizer, chat_template=chat_template or QWEN2_5_VL_CHAT_TEMPLATE
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """transformers' ``from_pretrained``; a local folder of the official PaDT release is read by
+        :func:`padt.official.checkpoint.load_official_processor` (its tokenizer without VRT tokens, its pixel
+        budget, ``vrt_id_start`` from its config)."""
+        if is_official_layout(pretrained_model_name_or_path):
+            return load_official_processor(pretrained_model_name_or_path, cls)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_tokenizer(
@@ -259,7 +270,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         Returns:
             :class:`PaDTBatch` with ``input_ids`` [B, T] (local VRT ids inside answers), ``attention_mask`` [B, T],
             ``mm_token_type_ids`` [B, T] (1 on ``<|image_pad|>``, else 0), ``pixel_values`` [ΣN, 3·2·patch²] and
-            ``image_grid_thw`` [I, 3] (absent when no sample has an image), ``image_sample`` [I] (batch row of each
+            ``image_grid_thw`` [I, 3] (absent when no sample has an image), ``sample_of_image`` [I] (batch row of each
             image), ``answer_mask`` bool [B, T] (answers only: the answer tokens and their ``<|im_end|>``), and the
             attribute ``geometries`` (one ImageGeometry per image).
         """
@@ -269,20 +280,22 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         side = padding_side or ("right" if answer_list is not None else "left")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        encoded, flat, geometries, owners = self._encode_prompts(prompt_list, per_sample, add_generation_prompt)
-        rows, answer_flags = self._rows(encoded["input_ids"], answer_list, geometries, owners)
+        encoded, flat, geometries, sample_of_image = self._encode_prompts(
+            prompt_list, per_sample, add_generation_prompt
+        )
+        rows, answer_flags = self._rows(encoded["input_ids"], answer_list, geometries, sample_of_image)
         data = self._padded(rows, answer_flags, side)
         if flat:
             data["pixel_values"] = torch.as_tensor(encoded["pixel_values"], dtype=torch.float32)
             data["image_grid_thw"] = torch.as_tensor(encoded["image_grid_thw"], dtype=torch.long)
-        data["image_sample"] = torch.tensor(owners, dtype=torch.long)
+        data["sample_of_image"] = torch.tensor(sample_of_image, dtype=torch.long)
         if answer_list is None:
             del data["answer_mask"]
         return PaDTBatch(data, geometries)
 
     def _encode_prompts(self, prompt_list, per_sample, add_generation_prompt: bool):
         """Chat-template every sample, load its images and run the HF processor once over the batch."""
-        texts, flat, geometries, owners = [], [], [], []
+        texts, flat, geometries, sample_of_image = [], [], [], []
         for b, (prompt, sample_images) in enumerate(zip(prompt_list, per_sample)):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"prompt {b} is empty or not a string: {prompt!r}")
@@ -291,22 +304,22 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
                 pil, geometry = self._load_for_model(image)
                 flat.append(pil)
                 geometries.append(geometry)
-                owners.append(b)
+                sample_of_image.append(b)
         encoded = ProcessorMixin.__call__(self, images=flat or None, text=texts, padding=False, return_tensors=None)
         for index, geometry in enumerate(geometries):
             got = [int(v) for v in encoded["image_grid_thw"][index]]
             if got != [1, *geometry.patch_grid_hw]:  # invariant: geometry() mirrors the image processor
                 raise RuntimeError(f"image {index}: processor grid {got} != geometry {[1, *geometry.patch_grid_hw]}")
-        return encoded, flat, geometries, owners
+        return encoded, flat, geometries, sample_of_image
 
-    def _rows(self, prompt_rows, answer_list, geometries, owners) -> tuple[list[list[int]], list[list[bool]]]:
+    def _rows(self, prompt_rows, answer_list, geometries, sample_of_image) -> tuple[list[list[int]], list[list[bool]]]:
         """Each sample's ids (prompt, then answer and ``<|im_end|>``) and which of them belong to the answer."""
         rows, answer_flags = [], []
         for b, prompt_ids in enumerate(prompt_rows):
             ids = list(prompt_ids)
             flags = [False] * len(ids)
             if answer_list is not None:
-                patches = sum(g.num_vrts for g, owner in zip(geometries, owners) if owner == b)
+                patches = sum(g.num_vrts for g, sample in zip(geometries, sample_of_image) if sample == b)
                 answer_ids = self._answer_ids(answer_list[b], b, patches)
                 ids += answer_ids
                 flags += [True] * len(answer_ids)

@@ -31,7 +31,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from padt.official.checkpoint import convert_official_checkpoint, is_official_layout
+    from padt.official.checkpoint import is_official_layout
+    from padt.official.convert import convert_official_checkpoint
 
     if not args.official_dir.is_dir():
         raise FileNotFoundError(f"{args.official_dir} is not a folder")

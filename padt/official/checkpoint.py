@@ -12,11 +12,13 @@ from ours in four ways, each handled here explicitly:
   renaming of old Qwen checkpoints, decides: every key of the files must map onto a weight of the model and every
   weight must be in the files, or loading stops with an error that names the key. Nothing is re-initialised.
 * **patch order**: the official decoder reads the vision tower's window order as if it were raster
-  (PADT_REFERENCE §1.5); ``patch_order="official"`` reproduces that, and converted checkpoints keep it.
+  when it assembles masks; ``patch_order="official"`` reproduces that, and converted checkpoints keep it.
 * **tokenizer/processor**: the real Qwen tokenizer files; VRT ids start at the config's ``vocab_size``.
 
-Use :meth:`PaDTForConditionalGeneration.from_pretrained` / :meth:`PaDTPipeline.from_pretrained` on the folder (they
-call :func:`load_official_model` / :func:`load_official_processor`), or ``padt convert-checkpoint`` once.
+Use :meth:`PaDTForConditionalGeneration.from_pretrained`, :meth:`PaDTProcessor.from_pretrained` or
+:meth:`PaDTPipeline.from_pretrained` on the folder (the first two call :func:`load_official_model` /
+:func:`load_official_processor`), or ``padt convert-checkpoint`` once (:mod:`padt.official.convert`). This module
+never imports the model or the processor: they pass their class in.
 """
 
 from __future__ import annotations
@@ -29,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from padt.configuration import PaDTConfig
-from padt.official.weights import INDEX_FILE, check_tied_copies, plan_weights, read_state_dict
+from padt.official.weights import plan_weights, read_state_dict
 from padt.vision.images import ImageInput, load_image
 
 #: Rank of the official prototype projection (hard-coded ``lora_r`` in the official model).
@@ -73,8 +73,11 @@ def read_official_config(path: str | os.PathLike) -> dict[str, Any]:
         return json.load(handle)
 
 
-def translate_config(official: dict[str, Any]) -> PaDTConfig:
-    """Official (transformers 4.50) config dict -> :class:`PaDTConfig` of the same model, in the official order."""
+def translate_config(official: dict[str, Any], answer_format: str = "vrt") -> PaDTConfig:
+    """Official (transformers 4.50) config dict -> :class:`PaDTConfig` of the same model, in the official order.
+
+    ``answer_format`` is ours (the released models answer with VRTs); fine-tuning may start one on another.
+    """
     data = dict(official)
     if "vl_decoder" not in data:
         raise ValueError("not an official PaDT config: it has no 'vl_decoder' dict")
@@ -114,13 +117,15 @@ def translate_config(official: dict[str, Any]) -> PaDTConfig:
         vrt_proj_rank=OFFICIAL_VRT_RANK,
         vrt_norm_eps=1e-5,  # the official vis_norm is nn.LayerNorm with PyTorch's default eps
         patch_order="official",
+        answer_format=answer_format,
         architectures=["PaDTForConditionalGeneration"],
     )
 
 
 # ---- model, processor, conversion ------------------------------------------------------------------------------
-def load_official_model(path: str | os.PathLike, *model_args: Any, model_class: type | None = None, **kwargs: Any):
-    """Load an official folder as a :class:`~padt.PaDTForConditionalGeneration` (``patch_order="official"``).
+def load_official_model(path: str | os.PathLike, *model_args: Any, model_class: type, **kwargs: Any):
+    """Load an official folder as a ``model_class`` (:class:`~padt.PaDTForConditionalGeneration`, whose
+    ``from_pretrained`` calls this), with ``patch_order="official"``.
 
     ``kwargs`` are those of ``from_pretrained`` (``dtype``, ``device_map``, ``attn_implementation``, ...); the
     default dtype is the checkpoint's (``torch_dtype`` of its config). ``config=`` is refused: the config is the
@@ -128,17 +133,16 @@ def load_official_model(path: str | os.PathLike, *model_args: Any, model_class: 
     """
     from transformers import GenerationConfig
 
-    from padt.modeling import PaDTForConditionalGeneration
-
     if "config" in kwargs or "state_dict" in kwargs:
         raise ValueError(
             f"{path} is an official PaDT checkpoint: it loads with its own config (translated) and weights; "
             "call from_pretrained without config=/state_dict="
         )
-    cls = model_class or PaDTForConditionalGeneration
+    cls = model_class
     want_info = kwargs.pop("output_loading_info", False)
-    config = translate_config(read_official_config(path))
-    plan = plan_weights(path, config)
+    # answer_format: a setting of ours that training may choose; it becomes part of the translated config.
+    config = translate_config(read_official_config(path), answer_format=kwargs.pop("answer_format", "vrt"))
+    plan = plan_weights(path, config, cls)
     state_dict = read_state_dict(path, plan)
     # ``None`` as the path sends this call past the official-layout check to transformers' own loader.
     model, info = cls.from_pretrained(
@@ -225,50 +229,16 @@ def _chat_template(path: Path, tokenizer) -> str | None:
     return getattr(tokenizer, "chat_template", None)  # None: PaDTProcessor's Qwen2.5-VL template
 
 
-def load_official_processor(path: str | os.PathLike):
-    """A :class:`~padt.PaDTProcessor` for an official folder: its tokenizer, pixel budget and chat template, and
-    ``vrt_id_start`` = the config's ``vocab_size`` (embedding rows; 151936 for the 3B)."""
-    from padt.processing import PaDTProcessor
-
+def load_official_processor(path: str | os.PathLike, processor_class: type):
+    """A ``processor_class`` (:class:`~padt.PaDTProcessor`, whose ``from_pretrained`` calls this) for an official
+    folder: its tokenizer, pixel budget and chat template, and ``vrt_id_start`` = the config's ``vocab_size``
+    (embedding rows; 151936 for the 3B)."""
     path = Path(path)
     vocab_size = translate_config(read_official_config(path)).text_config.vocab_size
     tokenizer = _tokenizer(path, vocab_size)
-    return PaDTProcessor(
+    return processor_class(
         _image_processor(path), tokenizer, chat_template=_chat_template(path, tokenizer), vrt_id_start=vocab_size
     )
-
-
-def convert_official_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Write the official folder ``src`` in our layout to ``dst`` (same weights bit for bit, same patch order).
-
-    Every check of :func:`load_official_model` runs before anything is written; weights are streamed file by file.
-    ``dst`` must not exist or be empty. Returns ``dst``.
-    """
-    from transformers import GenerationConfig
-
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ValueError(f"{dst} already exists and is not an empty folder")
-    config = translate_config(read_official_config(src))
-    plan = plan_weights(src, config)
-    check_tied_copies(src, plan)
-    processor = load_official_processor(src)
-    dst.mkdir(parents=True, exist_ok=True)
-    weight_map, total = {}, 0
-    for file in plan.files:
-        with safe_open(src / file, framework="pt") as handle:
-            tensors = {plan.rename[k]: handle.get_tensor(k) for k in handle.keys() if k in plan.rename}
-        save_file(tensors, dst / file, metadata={"format": "pt"})
-        weight_map.update({name: file for name in tensors})
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-    if plan.sharded:
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (dst / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    config.save_pretrained(dst)
-    if (src / "generation_config.json").is_file():
-        GenerationConfig.from_pretrained(src).save_pretrained(dst)
-    processor.save_pretrained(dst)
-    return dst
 
 
 def demo_resize(image: ImageInput, max_side: int = OFFICIAL_DEMO_MAX_SIDE) -> Image.Image:

@@ -60,18 +60,19 @@ def official_to_ours(name: str, decoder_names: dict[str, str]) -> str:
     raise KeyError(f"{name!r} has no counterpart in PaDT (not model.*, visual.*, lm_head.*, vis_*, vl_decoder.*)")
 
 
-def model_weight_shapes(config: PaDTConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """(our weight name -> shape, tied alias -> the weight it shares) of the model ``config`` builds (on meta)."""
-    from padt.modeling import PaDTForConditionalGeneration
-
+def model_weight_shapes(
+    config: PaDTConfig, model_class: type
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(our weight name -> shape, tied alias -> the weight it shares) of the model ``model_class(config)`` (built on
+    the meta device: no memory). The class is passed in, so that this package never imports the model's module."""
     with torch.device("meta"):
-        model = PaDTForConditionalGeneration(config)
-    shapes, aliases, owner = {}, {}, {}
+        model = model_class(config)
+    shapes, aliases, first_name = {}, {}, {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in owner:  # tied: the same parameter under a second name (lm_head.weight on the 3B)
-            aliases[name] = owner[id(tensor)]
+        if id(tensor) in first_name:  # tied: the same parameter under a second name (lm_head.weight on the 3B)
+            aliases[name] = first_name[id(tensor)]
         else:
-            owner[id(tensor)] = name
+            first_name[id(tensor)] = name
             shapes[name] = tuple(tensor.shape)
     return shapes, aliases
 
@@ -121,14 +122,14 @@ def _read_headers(path: Path) -> tuple[list[str], dict[str, str], dict[str, tupl
     return files, file_of, shapes, sharded
 
 
-def plan_weights(path: str | os.PathLike, config: PaDTConfig) -> WeightPlan:
-    """Map every tensor of an official folder onto the model of ``config``, or raise ``ValueError`` naming keys.
+def plan_weights(path: str | os.PathLike, config: PaDTConfig, model_class: type) -> WeightPlan:
+    """Map every tensor of an official folder onto ``model_class(config)``, or raise ``ValueError`` naming keys.
 
     Errors: a key no rule maps (unknown), a key that maps onto no weight of the model (unexpected), a weight of
     the model that no key gives (missing), or a shape that differs.
     """
     files, file_of, shapes, sharded = _read_headers(Path(path))
-    expected, aliases = model_weight_shapes(config)
+    expected, aliases = model_weight_shapes(config, model_class)
     decoder_names = decoder_name_map(config.decoder_config)
     ours_to_official = {}
     rename, tied, problems = {}, {}, []
@@ -166,8 +167,8 @@ def _official_spelling(ours: str, decoder_inverse: dict[str, str]) -> str:
     """Our weight name -> the official one (for error messages about missing keys)."""
     if ours in decoder_inverse:
         return decoder_inverse[ours]
-    for official, mine in _PROTOTYPE_NAMES.items():
-        if mine == ours:
+    for official, our_name in _PROTOTYPE_NAMES.items():
+        if our_name == ours:
             return official
     for official_prefix, our_prefix in _RENAMED_PREFIXES:
         if ours.startswith(our_prefix):

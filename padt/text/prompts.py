@@ -1,4 +1,4 @@
-"""The prompts and answer templates PaDT is trained on (PADT_REFERENCE §2, §4.3), character for character.
+"""The prompts and answer templates PaDT is trained on (those of the official code), character for character.
 
 Answer templates name each object with a placeholder ``<|Obj_N|>`` (N = index into the record's object list);
 :func:`render_answer` replaces each placeholder with that object's visual reference tokens ``<|VRT_k|>``, written

@@ -1,6 +1,6 @@
 """The text-coordinate baseline's answer format: Qwen2.5-VL's own JSON grounding output.
 
-PaDT's ablation (PADT_REFERENCE §5.2, Tab. 5) compares answering with visual reference tokens against answering
+PaDT's ablation (the paper's Tab. 5) compares answering with visual reference tokens against answering
 with box coordinates written as text. The text answer here is what Qwen2.5-VL itself writes when asked to ground
 objects: a fenced JSON list of ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` with integer **absolute pixel
 coordinates of the resized image** (the image after ``smart_resize``,

@@ -25,6 +25,8 @@ class TrainConfig:
     ``{text_config: {hidden_size: 256}}``). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
     ``batch_size * grad_accum * world_size`` samples). ``answer_format``: ``"vrt"`` (PaDT) or ``"text-boxes"`` (the
     text-coordinate baseline: Qwen2.5-VL's JSON boxes, token cross-entropy only; see :mod:`padt.text.text_boxes`).
+    ``vrts_per_object``: VRTs written per object in the training answers; ``None`` takes the model's
+    ``PaDTConfig.num_vrt_per_object`` (5, as the paper trains).
     """
 
     records: list[str] = field(default_factory=list)
@@ -52,7 +54,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     answer_format: str = "vrt"
-    vrts_per_object: int = 5
+    vrts_per_object: int | None = None
     vrt_sampling: str = "random"
     decoder_warmup_steps: int | None = None
     decoder_trains_vision: bool = True
@@ -78,7 +80,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("batch_size", "grad_accum", "vrts_per_object"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be at least 1, got {self.max_steps}")

@@ -82,11 +82,10 @@ def train(config: TrainConfig) -> Path:
     )
     torch.manual_seed(config.seed)
     model, processor = load_starting_model(config)
-    model.config.answer_format = config.answer_format  # saved with the model: the pipeline parses accordingly
     mask_scale = model.vrt_decoder.config.mask_subpixels
     trainable = prepare_trainable(model, config)
 
-    dataset = _dataset(config, processor, mask_scale)
+    dataset = _dataset(config, processor, mask_scale, config.vrts_per_object or model.config.num_vrt_per_object)
     collate = GroundingCollator(processor, mask_scale)
     plan = _plan_steps(config, len(dataset), accelerator.num_processes, accelerator.process_index)
 
@@ -102,11 +101,11 @@ def train(config: TrainConfig) -> Path:
     return _finish(run)
 
 
-def _dataset(config: TrainConfig, processor, mask_scale: int) -> GroundingDataset:
+def _dataset(config: TrainConfig, processor, mask_scale: int, vrts_per_object: int) -> GroundingDataset:
     """The training records of every ``config.records`` file, as model inputs and targets."""
     records = [record for path in config.records for record in _read_records(path)]
     return GroundingDataset(
-        records, config.images, processor, mask_scale=mask_scale, vrts_per_object=config.vrts_per_object,
+        records, config.images, processor, mask_scale=mask_scale, vrts_per_object=vrts_per_object,
         sampling=config.vrt_sampling, seed=config.seed, answer_format=config.answer_format,
     )
 
@@ -173,8 +172,8 @@ def _optimizer_step(run: _Run, step: int, order: np.ndarray, position: int) -> d
     logged: dict[str, float] = {}
     for micro in range(config.grad_accum):
         first = (position * config.grad_accum + micro) * plan.micro_global
-        mine = order[first + plan.rank * config.batch_size : first + (plan.rank + 1) * config.batch_size]
-        batch = run.collate([run.dataset[int(i)] for i in mine]).to(accelerator.device)
+        batch_indices = order[first + plan.rank * config.batch_size : first + (plan.rank + 1) * config.batch_size]
+        batch = run.collate([run.dataset[int(i)] for i in batch_indices]).to(accelerator.device)
         terms = _micro_step(run, step, batch)
         for name, value in terms.items():
             logged[name] = logged.get(name, 0.0) + float(value.detach()) / config.grad_accum

@@ -28,32 +28,32 @@ def load_starting_model(config: TrainConfig) -> tuple[PaDTForConditionalGenerati
     if config.tiny:
         from padt.testing import tiny_pipeline
 
-        pipe = tiny_pipeline(seed=config.seed, **config.model_overrides)
+        pipe = tiny_pipeline(seed=config.seed, **{"answer_format": config.answer_format, **config.model_overrides})
         return pipe.model.train(), pipe.processor
     folder = Path(config.model)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"model folder {folder} has no config.json")
-    from padt.official.checkpoint import is_official_layout, load_official_model, load_official_processor
+    from padt.official.checkpoint import is_official_layout
 
-    if is_official_layout(folder):  # a released PaDT checkpoint (transformers 4.50 layout)
-        return load_official_model(folder).train(), load_official_processor(folder)
     model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type == PaDTConfig.model_type:
-        model = PaDTForConditionalGeneration.from_pretrained(folder)
+    # Our folders and the released PaDT checkpoints (transformers 4.50 layout) both load through from_pretrained.
+    if model_type == PaDTConfig.model_type or is_official_layout(folder):
+        # The answer format is part of the configuration the model is built with: saved with it, read by the pipeline.
+        model = PaDTForConditionalGeneration.from_pretrained(folder, answer_format=config.answer_format)
         return model.train(), PaDTProcessor.from_pretrained(folder)
     if model_type != "qwen2_5_vl":
         raise ValueError(f"{config_file}: model_type {model_type!r} is neither a PaDT model nor Qwen2.5-VL")
-    return _from_qwen(folder)
+    return _from_qwen(folder, config.answer_format)
 
 
-def _from_qwen(folder: Path) -> tuple[PaDTForConditionalGeneration, PaDTProcessor]:
+def _from_qwen(folder: Path, answer_format: str) -> tuple[PaDTForConditionalGeneration, PaDTProcessor]:
     from transformers import AutoTokenizer
 
     base = json.loads((folder / "config.json").read_text())
     base.pop("model_type", None)
     base.pop("architectures", None)
-    padt_config = PaDTConfig(**base)
+    padt_config = PaDTConfig(**base, answer_format=answer_format)
     model = PaDTForConditionalGeneration.from_pretrained(folder, config=padt_config)
     pixels = {}
     preprocessor = folder / "preprocessor_config.json"

@@ -29,21 +29,21 @@ class VRTCodec:
     Attributes:
         vocab_size: V, the number of text-embedding rows; the first VRT id.
         merged_hw: per image, the merged grid (H', W').
-        image_sample: per image, the batch row (sample) it belongs to; non-decreasing.
+        sample_of_image: per image, the batch row (sample) it belongs to; non-decreasing.
         num_samples: batch size B (samples may have no image).
     """
 
     vocab_size: int
     merged_hw: tuple[tuple[int, int], ...]
-    image_sample: tuple[int, ...]
+    sample_of_image: tuple[int, ...]
     num_samples: int
 
     def __post_init__(self) -> None:
-        if len(self.merged_hw) != len(self.image_sample):
-            raise ValueError("merged_hw and image_sample must have one entry per image")
-        if any(b < 0 or b >= self.num_samples for b in self.image_sample):
-            raise ValueError(f"image_sample {self.image_sample} names a sample outside 0..{self.num_samples - 1}")
-        if list(self.image_sample) != sorted(self.image_sample):
+        if len(self.merged_hw) != len(self.sample_of_image):
+            raise ValueError("merged_hw and sample_of_image must have one entry per image")
+        if any(b < 0 or b >= self.num_samples for b in self.sample_of_image):
+            raise ValueError(f"sample_of_image {self.sample_of_image} names a sample outside 0..{self.num_samples - 1}")
+        if list(self.sample_of_image) != sorted(self.sample_of_image):
             raise ValueError("images must be ordered by sample (the processor's order)")
 
     @classmethod
@@ -52,14 +52,14 @@ class VRTCodec:
         vocab_size: int,
         image_grid_thw: torch.Tensor,
         merge_size: int,
-        image_sample: list[int] | tuple[int, ...] | torch.Tensor,
+        sample_of_image: list[int] | tuple[int, ...] | torch.Tensor,
         num_samples: int,
     ) -> VRTCodec:
         """Build from the processor's ``image_grid_thw`` [I, 3] (t, H, W on the ViT patch grid)."""
         rows = image_grid_thw.tolist() if isinstance(image_grid_thw, torch.Tensor) else image_grid_thw
         merged = tuple(PatchGrid.from_grid_thw(row, merge_size).merged_hw for row in rows)
-        owners = image_sample.tolist() if isinstance(image_sample, torch.Tensor) else list(image_sample)
-        return cls(vocab_size, merged, tuple(int(b) for b in owners), num_samples)
+        samples = sample_of_image.tolist() if isinstance(sample_of_image, torch.Tensor) else list(sample_of_image)
+        return cls(vocab_size, merged, tuple(int(b) for b in samples), num_samples)
 
     # ---- counts and offsets -------------------------------------------------------------------------------
     @property
@@ -88,7 +88,7 @@ class VRTCodec:
     def sample_spans(self) -> list[tuple[int, int]]:
         """Per sample, the global half-open range [start, end) of its VRTs (empty if it has no image)."""
         per_sample = [0] * self.num_samples
-        for b, count in zip(self.image_sample, self.patch_counts):
+        for b, count in zip(self.sample_of_image, self.patch_counts):
             per_sample[b] += count
         spans, cursor = [], 0
         for count in per_sample:  # images are ordered by sample, so a sample's VRTs are contiguous
@@ -100,12 +100,12 @@ class VRTCodec:
         """Per sample, the batch index of its first image (``None`` for a sample without images)."""
         first: list[int | None] = [None] * self.num_samples
         for image in reversed(range(self.num_images)):
-            first[self.image_sample[image]] = image
+            first[self.sample_of_image[image]] = image
         return first
 
     def sample_images(self, sample: int) -> list[int]:
         """Batch indices of the images of ``sample``, in order."""
-        return [i for i, owner in enumerate(self.image_sample) if owner == sample]
+        return [i for i, of_image in enumerate(self.sample_of_image) if of_image == sample]
 
     # ---- rows of the prototype matrix --------------------------------------------------------------------
     def rows(self, sample: torch.Tensor, local_index: torch.Tensor) -> torch.Tensor:

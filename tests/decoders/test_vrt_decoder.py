@@ -238,8 +238,8 @@ def test_vrt_patch_features_add_each_named_patch_to_its_query():
     states, counts, images = objects(cfg)
     patches = named_patches()
     with torch.no_grad():
-        out = dec(states, counts, images, memory, vrt_patches=patches)
-        other = dec(states, counts, images, memory, vrt_patches=named_patches(seed=6))
+        out = dec(states, counts, images, memory, vrt_rows=patches)
+        other = dec(states, counts, images, memory, vrt_rows=named_patches(seed=6))
     boxes, scores, masks = reference_decode(dec, states, counts, images, memory, patches)
     torch.testing.assert_close(out.boxes, boxes, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.score_logits, scores, atol=1e-5, rtol=1e-4)
@@ -252,17 +252,17 @@ def test_vrt_patch_features_need_valid_patch_rows():
     cfg = tiny_config(vrt_patch_features=True)
     dec, memory = make_decoder(cfg), make_memory(GRIDS, cfg)
     states, counts, images = objects(cfg)
-    with pytest.raises(ValueError, match="pass vrt_patches"):
+    with pytest.raises(ValueError, match="pass vrt_rows"):
         dec(states, counts, images, memory)
-    with pytest.raises(ValueError, match=r"vrt_patches must be \[11\]"):
-        dec(states, counts, images, memory, vrt_patches=named_patches()[:-1])
+    with pytest.raises(ValueError, match=r"vrt_rows must be \[11\]"):
+        dec(states, counts, images, memory, vrt_rows=named_patches()[:-1])
     with pytest.raises(ValueError, match="must index the 9 rows"):
-        dec(states, counts, images, memory, vrt_patches=named_patches() + 9)
+        dec(states, counts, images, memory, vrt_rows=named_patches() + 9)
     # Without the option the rows are not needed, and ignored when given.
     plain = make_decoder(tiny_config())
     with torch.no_grad():
         torch.testing.assert_close(plain(states, counts, images, memory).boxes,
-                                   plain(states, counts, images, memory, vrt_patches=named_patches()).boxes)
+                                   plain(states, counts, images, memory, vrt_rows=named_patches()).boxes)
 
 
 def test_batched_equals_each_object_alone():

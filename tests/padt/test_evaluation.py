@@ -84,6 +84,7 @@ class FakePipeline:
     def __init__(self, records: list[GroundingRecord], images: Path, kind: str = "perfect", batch_size: int = 3):
         self.batch_size = batch_size
         self.answer_format = get_answer_format("vrt")
+        self.vrts_per_object = 5
         self.batches: list[int] = []
         self.answers: list[str] = []
         self._outputs: dict[tuple[str, str], GroundedOutput] = {}
@@ -189,7 +190,7 @@ def test_teacher_forced_answers_sample_each_objects_patches(data: dict[str, Any]
     assert result.metrics["ovd/bbox_AP"] == pytest.approx(1.0)
     assert fake.batches == []  # nothing generated
     for record, answer in zip(records, fake.answers, strict=True):
-        assert answer == teacher_forced_answer(record)  # seeded by the record id: the same every run
+        assert answer == teacher_forced_answer(record, 5)  # seeded by the record id: the same every run
         runs = re.findall(r"((?:<\|VRT_\d+\|>)+)", answer)
         for obj, run in zip(record.objects, runs, strict=True):
             vrts = [int(k) for k in re.findall(r"\d+", run)]

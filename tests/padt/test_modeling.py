@@ -58,7 +58,7 @@ def images():
 
 
 def encode(model, batch, num_samples):
-    return model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], num_samples)
+    return model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], num_samples)
 
 
 @torch.no_grad()
@@ -371,7 +371,7 @@ def test_labels_give_the_next_token_cross_entropy(pipe, images):
         out = model(
             input_ids=ids, attention_mask=batch["attention_mask"], mm_token_type_ids=batch["mm_token_type_ids"],
             pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-            image_sample=batch["image_sample"], labels=labels,
+            sample_of_image=batch["sample_of_image"], labels=labels,
         )
     assert out.loss is not None and torch.isfinite(out.loss)
     logp = out.logits[:, :-1].log_softmax(-1)
@@ -507,7 +507,7 @@ def test_vanilla_qwen_runs_and_agrees_with_padt_on_inputs_without_vrts(pipe, ima
     )
     with torch.no_grad():
         base = vanilla(**inputs).logits
-        ours = model(**inputs, image_sample=batch["image_sample"]).logits
+        ours = model(**inputs, sample_of_image=batch["sample_of_image"]).logits
     vocab = model.text_vocab_size
     assert base.shape[-1] == vocab and ours.shape[-1] == vocab + 36
     real = batch["attention_mask"].bool()

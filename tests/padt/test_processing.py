@@ -42,7 +42,7 @@ def test_224_image_gives_a_16x16_grid_and_64_image_tokens(processor):
     image_tokens = batch["input_ids"] == processor.image_token_id
     assert int(image_tokens.sum()) == 64
     assert torch.equal(batch["mm_token_type_ids"], image_tokens.long())
-    assert batch["image_sample"].tolist() == [0] and "answer_mask" not in batch
+    assert batch["sample_of_image"].tolist() == [0] and "answer_mask" not in batch
     assert batch.geometries[0].num_vrts == 64 and batch.geometries[0].original_hw == (224, 224)
 
 
@@ -142,7 +142,7 @@ def test_generation_batches_are_left_padded(small):
 
 def test_multi_image_and_image_free_samples(small):
     batch = small([[noise(56, 112), noise(112, 56, 1)], None, noise(56, 56)], ["compare them", "just text", "one"])
-    assert batch["image_sample"].tolist() == [0, 0, 2]
+    assert batch["sample_of_image"].tolist() == [0, 0, 2]
     assert batch["image_grid_thw"].tolist() == [[1, 4, 8], [1, 8, 4], [1, 4, 4]]
     vision_start = small.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     counts = (batch["input_ids"] == vision_start).sum(dim=1).tolist()

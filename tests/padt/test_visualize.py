@@ -209,7 +209,7 @@ def test_step_probabilities_are_the_teacher_forced_vrt_distributions(pipeline):
     batch = pipeline.processor([image], [prompt], answers=[answer])
     model = pipeline.model
     with torch.no_grad():
-        vision = model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], 1)
+        vision = model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], 1)
         hidden = model.answer_states(
             vision.codec.to_global(batch["input_ids"]), vision, batch["attention_mask"], batch["mm_token_type_ids"]
         )

@@ -154,7 +154,7 @@ def test_text_box_model_never_emits_vrts() -> None:
         pipe = _vrt_eager_pipeline(answer_format)
         batch = pipe.processor([image, image], prompts * 2)
         generated = pipe.model.generate(**{k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids",
-                                                                  "pixel_values", "image_grid_thw", "image_sample")},
+                                                                  "pixel_values", "image_grid_thw", "sample_of_image")},
                                         max_new_tokens=8, do_sample=True, temperature=2.0, top_k=0)
         new = generated[:, batch["input_ids"].shape[1]:]
         results[answer_format] = int((new >= pipe.model.text_vocab_size).sum())

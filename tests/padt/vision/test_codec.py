@@ -93,7 +93,7 @@ def test_construction_errors():
 
 def test_from_grid_thw_merges_the_grid():
     codec = VRTCodec.from_grid_thw(V, torch.tensor([[1, 8, 12], [1, 4, 4]]), 2, torch.tensor([0, 1]), 2)
-    assert codec.merged_hw == ((4, 6), (2, 2)) and codec.image_sample == (0, 1)
+    assert codec.merged_hw == ((4, 6), (2, 2)) and codec.sample_of_image == (0, 1)
     assert codec.sample_spans() == [(0, 24), (24, 28)]
 
 

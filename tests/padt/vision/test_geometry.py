@@ -168,7 +168,7 @@ def towers():
 
 def _encode(model, batch):
     with torch.no_grad():
-        return model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["image_sample"], 2)
+        return model.encode_images(batch["pixel_values"], batch["image_grid_thw"], batch["sample_of_image"], 2)
 
 
 def test_official_high_res_is_the_towers_own_last_hidden_state(towers):
