@@ -19,7 +19,7 @@ The PaDT decoder (:class:`padt.decoders.PaDTDecoder`) turns VRT states into boxe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.vision_utils import get_vision_position_ids
 
 from padt.configuration import PaDTConfig
-from padt.decoders import DecoderMemory, DecoderOutput, PaDTDecoder, PaDTDecoderConfig
+from padt.decoders import DecoderMemory, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
 from padt.decoders.memory import first_subpatch_pe
@@ -39,7 +39,7 @@ from padt.official.checkpoint import is_official_layout, load_official_model
 from padt.vision.codec import VRTCodec
 from padt.vision.context import VisionContext, VisualPrototypes
 from padt.vision.geometry import high_res_layout, merged_cell_centres, window_order
-from padt.vision.queries import ObjectQueries
+from padt.vision.queries import DecodedObjects, ObjectQueries, TeacherForcedPass
 
 
 class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
@@ -378,44 +378,6 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             memory = replace(memory, low_res=memory.low_res.detach(), high_res=memory.high_res.detach())
         decoded = self.vrt_decoder(vrt_states, queries.vrt_counts, object_image, memory, vrt_rows=rows)
         return DecodedObjects(decoded, object_image, rows, queries.vrt_counts)
-
-
-@dataclass
-class TeacherForcedPass:
-    """What one teacher-forced pass gives: the vision context, the batch-global ids and the last-layer states.
-
-    Attributes:
-        vision: the batch's :class:`~padt.vision.context.VisionContext`.
-        input_ids: [B, T] ids with batch-global VRT ids.
-        hidden: [B, T, D] last-layer states; ``hidden[:, t]`` predicts token ``t + 1``.
-    """
-
-    vision: VisionContext
-    input_ids: torch.Tensor
-    hidden: torch.Tensor
-
-    @property
-    def predicting_states(self) -> torch.Tensor:
-        """[B, T, D]: entry ``t`` is the state that predicted token ``t`` (zeros at ``t = 0``: nothing predicted it)."""
-        return F.pad(self.hidden[:, :-1], (0, 0, 1, 0))
-
-
-@dataclass
-class DecodedObjects:
-    """The decoder's predictions for K objects, with what the post-processor needs to place them.
-
-    Attributes:
-        output: boxes [K, 4] (cx, cy, w, h) normalised to the image, score logits [K], mask logits
-            [K, Hm, Wm] on the patch grid (zero-padded to the batch's largest image) and their valid sizes.
-        object_image: LongTensor [K], the batch image each object is in.
-        vrt_rows: LongTensor [ΣQ], the global VRT index (prototype row) of each VRT, object after object.
-        vrt_counts: LongTensor [K], VRTs per object.
-    """
-
-    output: DecoderOutput
-    object_image: torch.Tensor
-    vrt_rows: torch.Tensor
-    vrt_counts: torch.Tensor
 
 
 def _repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:

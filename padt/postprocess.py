@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from padt.losses.box_ops import box_cxcywh_to_xyxy, clip_boxes, normalised_to_pixels
-from padt.modeling import DecodedObjects
 from padt.results import GroundedObject
 from padt.vision.codec import VRTCodec
 from padt.vision.geometry import ImageGeometry
+from padt.vision.queries import DecodedObjects
 
 
 class GroundingPostProcessor:

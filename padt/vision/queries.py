@@ -1,4 +1,5 @@
-"""Which answer tokens each object of a batch is decoded from: the decoder's queries, as flat tensors.
+"""Which answer tokens each object of a batch is decoded from (the decoder's queries, as flat tensors), the
+teacher-forced pass they come from, and what the decoder gives back.
 
 An object is a run of visual reference tokens (VRTs) in one sample's answer. The decoder reads, for each of its
 VRTs, the language model's state that *predicted* that token, plus (for decoders with ``vrt_patch_features``)
@@ -13,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from padt.decoders import DecoderOutput
 from padt.text.parser import ParsedAnswer, ParsedObject
 from padt.vision.codec import VRTCodec
+from padt.vision.context import VisionContext
 
 
 @dataclass
@@ -82,3 +86,41 @@ def queries_from_answers(
         positions=torch.tensor([t for _, obj in kept for t in obj.positions], dtype=torch.long),
     )
     return queries.to(device) if device is not None else queries, kept
+
+
+@dataclass
+class TeacherForcedPass:
+    """What one teacher-forced pass gives: the vision context, the batch-global ids and the last-layer states.
+
+    Attributes:
+        vision: the batch's :class:`~padt.vision.context.VisionContext`.
+        input_ids: [B, T] ids with batch-global VRT ids.
+        hidden: [B, T, D] last-layer states; ``hidden[:, t]`` predicts token ``t + 1``.
+    """
+
+    vision: VisionContext
+    input_ids: torch.Tensor
+    hidden: torch.Tensor
+
+    @property
+    def predicting_states(self) -> torch.Tensor:
+        """[B, T, D]: entry ``t`` is the state that predicted token ``t`` (zeros at ``t = 0``: nothing predicted it)."""
+        return F.pad(self.hidden[:, :-1], (0, 0, 1, 0))
+
+
+@dataclass
+class DecodedObjects:
+    """The decoder's predictions for K objects, with what the post-processor needs to place them.
+
+    Attributes:
+        output: boxes [K, 4] (cx, cy, w, h) normalised to the image, score logits [K], mask logits
+            [K, Hm, Wm] on the patch grid (zero-padded to the batch's largest image) and their valid sizes.
+        object_image: LongTensor [K], the batch image each object is in.
+        vrt_rows: LongTensor [ΣQ], the global VRT index (prototype row) of each VRT, object after object.
+        vrt_counts: LongTensor [K], VRTs per object.
+    """
+
+    output: DecoderOutput
+    object_image: torch.Tensor
+    vrt_rows: torch.Tensor
+    vrt_counts: torch.Tensor

@@ -231,3 +231,20 @@ def test_processor_and_model_with_different_vocabularies_are_refused(pipe):
     other = PaDTProcessor.from_tokenizer(pipe.processor.tokenizer, vrt_id_start=vocab + 8)
     with pytest.raises(ValueError, match=rf"vrt_id_start \({vocab + 8}\) must equal the model's text vocabulary size"):
         PaDTPipeline(pipe.model, other)
+
+
+def test_an_object_whose_vrts_span_two_images_is_dropped_and_reported(pipe, image):
+    second = noise(56, 84, 2)  # local VRTs 24..29 of this sample
+    answer = 'There are 2 "circle" (<|VRT_23|><|VRT_24|>, <|VRT_3|>) in these images.'
+    out = pipe.decode_answer([image, second], answer, prompt="Detect circles.")
+    assert [o.patches for o in out.objects] == [[3]]
+    assert len(out.problems) == 1 and "names patches of 2 different images" in out.problems[0]
+    assert "[23, 24]" in out.problems[0] and "dropped" in out.problems[0]
+
+
+def test_generated_text_is_decoded_without_special_tokens_like_every_path(pipe, image):
+    prompt = rec_prompt("the dot")
+    written = 'The "the dot" refers to <|VRT_4|> in<|vision_start|> this image.'
+    out = pipe.refer(image, "the dot", **forced_kwargs(pipe, [image], [prompt], [written], [0]))
+    assert out.text == 'The "the dot" refers to <|VRT_4|> in this image.'
+    assert [o.patches for o in out.objects] == [[4]]

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from padt.decoders import DecoderOutput
-from padt.modeling import DecodedObjects
 from padt.postprocess import GroundingPostProcessor
 from padt.vision.codec import VRTCodec
 from padt.vision.geometry import ImageGeometry
+from padt.vision.queries import DecodedObjects
 
 # Two images of one sample: image 0 is 100 x 200 (merged grid 2 x 4), image 1 is 56 x 56 (2 x 2).
 GEOMETRIES = [ImageGeometry((100, 200), (56, 112), 14, 2), ImageGeometry((56, 56), (56, 56), 14, 2)]
