@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE, select_patches
-from padt.datasets.records import GridSpec, GroundingObject, PathLike
+from padt.datasets.records import GridSpec, GroundingObject, PathLike, path_leaves_root
 from padt.datasets.summary import ConversionSummary
 from padt.losses.box_ops import box_xywh_to_xyxy, clip_boxes, normalised_to_pixels, pixels_to_normalised
+from padt.vision.images import open_image
 from padt.vision.masks import box_to_mask, rle_to_mask, segmentation_to_rle
 
 _EXIF_ORIENTATION = 0x0112
@@ -107,7 +107,9 @@ def check_image(
 ) -> bool:
     """Whether the image file exists and matches its entry; counts the reason in ``summary`` when not.
 
-    With ``images_dir=None`` nothing is checked. An EXIF orientation other than 1 is skipped by default:
+    With ``images_dir=None`` nothing is checked. A file PIL cannot open, or one whose header claims more pixels than
+    :func:`padt.vision.images.max_image_pixels` (a decompression bomb), counts as ``image_unreadable``; nothing here
+    raises for a bad file. An EXIF orientation other than 1 is skipped by default:
     COCO's annotations (and width/height) refer to the stored pixels, while :func:`padt.vision.images.load_image`
     applies the orientation, so the boxes would land on a rotated or mirrored image.
     """
@@ -116,6 +118,9 @@ def check_image(
     if hw is None or not isinstance(file_name, str) or not file_name:
         summary.skip("bad_image_info")
         return False
+    if path_leaves_root(file_name):  # a crafted annotation must not make padt read files outside --images
+        summary.skip("image_outside_root")
+        return False
     if images_dir is None:
         return True
     path = Path(images_dir) / file_name
@@ -123,10 +128,12 @@ def check_image(
         summary.skip("image_missing")
         return False
     try:
-        with Image.open(path) as image:  # header only; pixels are not decoded
+        # Header only, pixels are not decoded; open_image refuses files above padt's pixel limit (decompression
+        # bombs) with a ValueError, which counts as unreadable like any other file PIL cannot open.
+        with open_image(path) as image:
             width, height = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError):
         summary.skip("image_unreadable")
         return False
     if (height, width) != hw:

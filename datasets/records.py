@@ -60,6 +60,8 @@ def grid_from_dict(data: Any, where: str = "grid") -> GridSpec:
     if not isinstance(data, Mapping):
         raise RecordError(where, f"expected an object, got {type(data).__name__}")
     values = {name: _positive_int(data, name, f"{where}.{name}") for name in GridSpec().to_dict()}
+    if data.get("longest_side") is not None:  # optional: records written before it existed have none
+        values["longest_side"] = _positive_int(data, "longest_side", f"{where}.longest_side")
     return GridSpec(**values)
 
 
@@ -225,7 +227,7 @@ class GroundingRecord:
         """Parse either layout (chosen by the presence of ``conversations``) and :meth:`validate` it."""
         if not isinstance(data, Mapping):
             raise RecordError("<record>", f"expected a JSON object, got {type(data).__name__}")
-        official = "conversations" in data and "prompt" not in data
+        official = _is_official(data)
         raw_id = data.get("id")
         if raw_id is None:
             raise RecordError("id", "missing")
@@ -263,11 +265,14 @@ class GroundingRecord:
 def read_jsonl(path: PathLike, *, images_root: PathLike | None = None) -> list[GroundingRecord]:
     """Read records from a JSONL file in either layout; blank lines are skipped.
 
-    ``images_root`` fills ``image_hw`` of official records (which carry no size) from the image headers.
+    ``images_root`` is checked to hold every record's image path (:func:`image_path`), and fills ``image_hw`` of
+    official records (which carry no size) from the image headers. Ids must be unique within a file in our
+    layout (the official layout reuses image ids as record ids, so its lines are exempt).
     Raises ``ValueError`` ``"<file>:<line>: field '<field>': <problem>"`` on the first malformed line.
     """
     path = Path(path)
     records = []
+    first_line: dict[str, int] = {}  # record id -> line it first appeared on (our layout only)
     with path.open("r", encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -277,14 +282,50 @@ def read_jsonl(path: PathLike, *, images_root: PathLike | None = None) -> list[G
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_number}: not valid JSON: {error}") from error
             try:
-                record = GroundingRecord.from_dict(data)
-                if record.image_hw is None and images_root is not None:
-                    record.image_hw = _image_size(Path(images_root) / record.image)
-                    record.validate()
+                record = _read_line(data, images_root)
             except RecordError as error:
                 raise ValueError(f"{path}:{line_number}: {error}") from error
+            if not _is_official(data):
+                first = first_line.setdefault(record.id, line_number)
+                if first != line_number:
+                    raise ValueError(
+                        f"{path}:{line_number}: field 'id': duplicate id {record.id!r}, already used on line {first}; "
+                        "record ids must be unique within a file"
+                    )
             records.append(record)
     return records
+
+
+def _read_line(data: Any, images_root: PathLike | None) -> GroundingRecord:
+    """One parsed and validated record; with ``images_root``, its image path is checked (and sizes filled in)."""
+    record = GroundingRecord.from_dict(data)
+    if images_root is not None:
+        location = image_path(images_root, record)
+        if record.image_hw is None:
+            record.image_hw = _image_size(location)
+            record.validate()
+    return record
+
+
+def path_leaves_root(relative: str) -> bool:
+    """Whether a path meant to be relative to a root is absolute or climbs above it with ``..`` (on its text)."""
+    normalised = os.path.normpath(relative)
+    return os.path.isabs(relative) or normalised == os.pardir or normalised.startswith(os.pardir + os.sep)
+
+
+def image_path(images_root: PathLike, record: GroundingRecord) -> Path:
+    """``images_root / record.image``; :class:`RecordError` (field ``image``) when that path leaves the root.
+
+    Absolute paths and ``..`` above the root are refused. The check is on the path's text (``os.path.normpath``),
+    not on resolved links, so a root whose entries are symlinks to other disks stays usable.
+    """
+    if path_leaves_root(record.image):
+        raise RecordError(
+            "image",
+            f"record {record.id}: path {record.image!r} leaves the images root {images_root}; give the image's "
+            "path relative to the images root, inside it (no absolute path, no '..' above it)",
+        )
+    return Path(images_root) / record.image
 
 
 def write_jsonl(path: PathLike, records: Iterable[GroundingRecord], *, official: bool = False) -> int:
@@ -305,6 +346,11 @@ def write_jsonl(path: PathLike, records: Iterable[GroundingRecord], *, official:
             handle.write(json.dumps(data, ensure_ascii=False) + "\n")
             count += 1
     return count
+
+
+def _is_official(data: Any) -> bool:
+    """Whether a JSON record is in the official layout (``conversations`` instead of ``prompt``)."""
+    return isinstance(data, Mapping) and "conversations" in data and "prompt" not in data
 
 
 def _official_prompt(data: Mapping[str, Any]) -> str:
@@ -389,14 +435,38 @@ def _check_rle(rle: Any, where: str) -> None:
 
 
 def check_grid(records: Iterable[GroundingRecord], processor: Any) -> None:
-    """Raise ``ValueError`` naming the first record whose patches were computed for another grid than the
-    processor's (patch size, merge size, pixel budget): its patch indices would name other cells."""
-    wanted = tuple(processor.grid_spec.to_dict().values())
+    """Raise ``ValueError`` naming the first record whose image lands on another merged grid under ``processor``
+    than under the settings its patches were computed for: its patch indices would name other cells.
+
+    Grids are compared, not settings: records converted with another pixel budget (the default ``--max-pixels``,
+    say) are fine for every image on which both budgets give the same merged grid, e.g. small images that neither
+    budget resizes. A record without a size (an official record read without an images root) can only be compared
+    by its settings. The message says how to convert again.
+    """
+    spec = processor.grid_spec
+    how = "convert the data again with --model <this model's folder> (padt convert reads the processor's settings)"
+    if getattr(spec, "longest_side", None) is not None:
+        how += f"; only --model sets the processor's {spec.longest_side}-px longest side"
+    elif (spec.patch_size, spec.merge_size) == (GridSpec().patch_size, GridSpec().merge_size):
+        how += f", or with --min-pixels {spec.min_pixels} --max-pixels {spec.max_pixels}"
+    grids: dict[tuple[GridSpec, tuple[int, int]], tuple[int, int]] = {}  # many records share a size and settings
     for record in records:
-        got = tuple(record.grid.to_dict().values())
-        if got != wanted:
+        if record.grid == spec:
+            continue
+        if record.image_hw is None:
             raise ValueError(
-                f"record {record.id}: its patches were computed for grid (patch, merge, min_pixels, max_pixels) "
-                f"= {got}, but the model's processor uses {wanted}; convert the data again with "
-                f"--min-pixels {processor.min_pixels} --max-pixels {processor.max_pixels}"
+                f"record {record.id}: its patches were computed with grid settings {record.grid.to_dict()}, the "
+                f"model's processor uses {spec.to_dict()}, and the record has no image_hw to compare the grids "
+                f"(read official records with images_root=); {how}"
+            )
+        height, width = record.image_hw
+        for settings in (record.grid, spec):
+            if (settings, (height, width)) not in grids:
+                grids[settings, (height, width)] = settings.geometry(height, width).merged_grid_hw
+        theirs, ours = grids[record.grid, (height, width)], grids[spec, (height, width)]
+        if theirs != ours:
+            raise ValueError(
+                f"record {record.id}: its patches lie on a {theirs[0]}x{theirs[1]} merged grid of its {height}x{width} "
+                f"image (grid settings {record.grid.to_dict()}), but the model's processor ({spec.to_dict()}) puts "
+                f"that image on a {ours[0]}x{ours[1]} grid; {how}"
             )

@@ -10,11 +10,16 @@ code: only dicts, lists, tuples, strings, numbers, booleans and ``None`` come ba
 One record per (ref, sentence), as in the official PaDT REC data: the mask is the union of the referred annotation's
 polygons, the box its ``bbox``, the sentence lowercased. The patch threshold is strict (``>``), as in the
 official RefCOCO script. A ref whose mask selects no cell is skipped (counted once per ref).
+
+The paper's REC/RES numbers are computed on VLM-R1's ``rec_jsons_processed`` split files (``refcoco_val.json``
+...): :func:`convert_vlm_r1_split` makes the records of exactly their items (see ``docs/datasets.md``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import pickle
 import re
 from collections.abc import Collection, Iterable
@@ -22,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from padt.datasets.annotations import CocoIndex, annotation_object, check_image, image_hw, load_instances
 from padt.datasets.patches import DEFAULT_MIN_COVERAGE
 from padt.datasets.records import GridSpec, GroundingObject, GroundingRecord, PathLike
 from padt.datasets.summary import ConversionSummary
+from padt.losses.box_ops import box_iou, normalised_to_pixels
 from padt.text.prompts import rec_answer_template, rec_prompt
 
 _PLAIN_TYPES = (dict, list, tuple, str, int, float, bool, type(None))
@@ -232,6 +239,142 @@ def _sentence_record(
         grid=grid,
         image_id=ref["image_id"],
     )
+
+
+# ---- VLM-R1's rec_jsons_processed split files: the lists the paper's REC/RES numbers are computed on -----------
+@dataclass(frozen=True)
+class VLMR1Item:
+    """One item of a VLM-R1 ``rec_jsons_processed`` split file (the fields padt reads).
+
+    Attributes:
+        image: the item's ``image`` (a COCO train2014 file name, possibly under a folder).
+        image_id: the COCO image id, the digits after the file name's last ``_`` (as the official script reads it).
+        caption: ``normal_caption``, the referring expression; the official script matches it to the sentence.
+        solution: ``solution``, the referred box ``[x1, y1, x2, y2]`` in pixels, or ``None`` when absent.
+    """
+
+    image: str
+    image_id: int
+    caption: str
+    solution: tuple[float, float, float, float] | None = None
+
+
+def read_vlm_r1_split(path: PathLike) -> list[VLMR1Item]:
+    """Read a VLM-R1 split file: a JSON list (``.jsonl``: one object per line) of items with ``image``,
+    ``normal_caption`` and optionally ``solution``; ``problem`` and ``normalized_solution`` are not read.
+
+    Raises ``ValueError`` naming the file, the item's index and the field.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            data: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of items {{image, normal_caption, solution}}, got {type(data).__name__}"
+        )
+    return [_vlm_r1_item(entry, f"{path}: item {index}") for index, entry in enumerate(data)]
+
+
+def _vlm_r1_item(entry: Any, where: str) -> VLMR1Item:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+    image = entry.get("image")
+    tail = Path(image).stem.rsplit("_", 1)[-1] if isinstance(image, str) else ""
+    if not tail.isdigit():
+        raise ValueError(
+            f"{where}: field 'image': expected a COCO file name ending in _<image id> "
+            f"(COCO_train2014_000000000009.jpg), got {image!r}"
+        )
+    caption = entry.get("normal_caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"{where}: field 'normal_caption': expected the referring expression, got {caption!r}")
+    solution = entry.get("solution")
+    if solution is not None and not (
+        isinstance(solution, list) and len(solution) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in solution)
+    ):
+        raise ValueError(f"{where}: field 'solution': expected [x1, y1, x2, y2] in pixels, got {solution!r}")
+    box = None if solution is None else tuple(float(v) for v in solution)
+    return VLMR1Item(image, int(tail), caption, box)
+
+
+def convert_vlm_r1_split(
+    split_file: PathLike | list[VLMR1Item],
+    refs: PathLike | list[dict[str, Any]],
+    instances_json: PathLike | CocoIndex,
+    images_dir: PathLike | None,
+    split: str | None,
+    *,
+    name: str = "refcoco",
+    progress: bool = True,
+    **options: Any,
+) -> tuple[list[GroundingRecord], ConversionSummary]:
+    """REC records for exactly the items of a VLM-R1 split file, in its order: the list the paper evaluates.
+
+    The split file has boxes but no masks, so the records come from the refs as :func:`convert_refcoco` makes them
+    (``options``: its ``grid``, ``min_coverage``, ``strict``, ``skip_exif_rotated``); each item takes the record of
+    its image whose sentence is the item's ``normal_caption`` (both normalised by :func:`normalise_sentence`), as
+    the official script keys them. Of several such records the one whose box is closest to the item's
+    ``solution`` is taken (ties: the later one). Items without a record are counted (``vlm_r1_unmatched``: no
+    such sentence; ``vlm_r1_ref_skipped``: the ref was skipped, reason counted above); the official script scores
+    them as misses, which a summary note turns into the factor to apply.
+    """
+    items = read_vlm_r1_split(split_file) if isinstance(split_file, (str, Path)) else list(split_file)
+    ref_list = load_refs(refs) if isinstance(refs, (str, Path)) else refs
+    records, summary = convert_refcoco(ref_list, instances_json, images_dir, split, name=name, progress=progress,
+                                       **options)
+    by_key: dict[tuple[int, str], list[GroundingRecord]] = {}
+    for record in records:
+        by_key.setdefault((int(record.image_id), record.objects[0].label), []).append(record)
+    sentences = _sentence_keys(ref_list, split)
+    selected: list[GroundingRecord] = []
+    uses: dict[str, int] = {}
+    for item in items:
+        key = (item.image_id, normalise_sentence(item.caption)[0])
+        if key not in by_key:
+            summary.skip("vlm_r1_ref_skipped" if key in sentences else "vlm_r1_unmatched")
+            continue
+        record = _closest(by_key[key], item.solution)
+        uses[record.id] = uses.get(record.id, 0) + 1
+        suffix = "" if uses[record.id] == 1 else f"-{uses[record.id]}"  # an item listed twice: unique ids
+        selected.append(dataclasses.replace(record, id=record.id + suffix))
+    summary.name += " (VLM-R1 list)"
+    summary.records = summary.objects = len(selected)
+    missed = len(items) - len(selected)
+    summary.notes.append(
+        f"{len(items)} VLM-R1 items, {len(selected)} records; the official script scores the {missed} items "
+        f"without a record as misses: its number is --protocol paper's x {len(selected)}/{len(items)}"
+    )
+    return selected, summary
+
+
+def _sentence_keys(ref_list: list[dict[str, Any]], split: str | None) -> set[tuple[Any, str]]:
+    """(image id, normalised sentence) of every sentence of the split's refs, converted or not."""
+    keys = set()
+    for ref in ref_list:
+        if split_matches(split, ref.get("split")) and isinstance(ref.get("sentences"), list):
+            for entry in ref["sentences"]:
+                raw = entry.get("sent", entry.get("raw")) if isinstance(entry, dict) else None
+                if isinstance(raw, str):
+                    keys.add((ref.get("image_id"), normalise_sentence(raw)[0]))
+    return keys
+
+
+def _closest(records: list[GroundingRecord], solution: tuple[float, float, float, float] | None) -> GroundingRecord:
+    """The record whose box best overlaps ``solution`` (pixels); the last one without a solution or on ties."""
+    if solution is None or len(records) == 1:
+        return records[-1]
+    boxes = torch.stack([
+        normalised_to_pixels(torch.tensor(r.objects[0].bbox, dtype=torch.float64), r.image_hw) for r in records
+    ])
+    overlaps = box_iou(boxes, torch.tensor([solution], dtype=torch.float64))[:, 0].tolist()
+    return records[max(range(len(records)), key=lambda i: (overlaps[i], i))]
 
 @dataclass
 class Overlap:

@@ -15,6 +15,7 @@ REASONS = {
     "image_too_large": "image's longer side above the limit",
     "image_overlap": "image also used by the excluded records (leakage guard)",
     "bad_image_info": "image entry lacks file_name or a positive integer height/width",
+    "image_outside_root": "file_name is absolute or climbs above the images folder with ..: refused",
     "bad_ref": "ref lacks ref_id/ann_id/image_id or a sentence list",
     "unknown_image": "annotation or ref names an image id missing from the instances file",
     "bad_annotation": "annotation lacks a usable bbox or category",

@@ -20,12 +20,38 @@ from torch.utils.data import Dataset
 
 from padt.configuration import PaDTConfig
 from padt.datasets.patches import sample_vrt_patches
-from padt.datasets.records import GroundingRecord, check_grid
+from padt.datasets.records import GroundingRecord, check_grid, image_path
 from padt.losses.box_ops import box_xyxy_to_cxcywh
 from padt.text.answer_formats import get_answer_format
 from padt.vision.geometry import ImageGeometry
 from padt.vision.masks import rle_to_mask
 from padt.vision.queries import ObjectQueries
+
+
+def check_images(records: list[GroundingRecord], images_root: str | Path, shown: int = 20) -> None:
+    """Raise ``FileNotFoundError`` naming every image of ``records`` that is not a file under ``images_root``.
+
+    All missing images are reported at once (their count, and the first ``shown`` paths with the ids of the
+    records that use them), so a run fails before its first step instead of when the image's batch comes up.
+    Paths that leave the root raise :class:`~padt.datasets.records.RecordError` (:func:`image_path`).
+    """
+    users: dict[str, list[GroundingRecord]] = {}  # image path -> the records that use it
+    for record in records:
+        users.setdefault(record.image, []).append(record)
+    # One stat per distinct image (COCO: several records per image); the path check is the same for each user.
+    missing = {
+        image: [r.id for r in used] for image, used in users.items() if not image_path(images_root, used[0]).is_file()
+    }
+    if not missing:
+        return
+    listed = [f"{image} (record {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+              for image, ids in list(missing.items())[:shown]]
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    hint = "; is the images folder right?" if len(missing) == len(users) else ""
+    raise FileNotFoundError(
+        f"{len(missing)} of the {len(users)} images named by the records are missing under {images_root}: "
+        f"{', '.join(listed)}{more}{hint}"
+    )
 
 
 @dataclass
@@ -59,7 +85,8 @@ class GroundingDataset(Dataset):
 
     Args:
         records: from :func:`padt.datasets.records.read_jsonl`.
-        images_root: folder the records' ``image`` paths are relative to.
+        images_root: folder the records' ``image`` paths are relative to; a path that leaves it is refused here
+            (:func:`~padt.datasets.records.image_path`). Whether the files exist is :func:`check_images`'s job.
         processor: the model's :class:`~padt.processing.PaDTProcessor` (its grid must be the records' grid).
         mask_scale: mask pixels per ViT patch side of the decoder (``2 ** mask_upscale_stages``).
         vrts_per_object, sampling: VRT sampling (see :func:`padt.datasets.patches.sample_vrt_patches`).
@@ -92,6 +119,8 @@ class GroundingDataset(Dataset):
         self.epoch = 0
         self.answer_format = get_answer_format(answer_format)
         check_grid(records, processor)
+        for record in records:
+            image_path(self.images_root, record)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -101,7 +130,7 @@ class GroundingDataset(Dataset):
 
     def __getitem__(self, index: int) -> TrainingExample:
         record = self.records[index]
-        path = self.images_root / record.image
+        path = image_path(self.images_root, record)
         if not path.is_file():
             raise FileNotFoundError(f"record {record.id}: image file not found: {path}")
         image = self.processor.load(path)

@@ -334,16 +334,20 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         return input_ids, model_kwargs
 
     # ---- grounding ---------------------------------------------------------------------------------------
-    def teacher_forced(self, inputs: Any) -> TeacherForcedPass:
+    def teacher_forced(self, inputs: Any, vision: VisionContext | None = None) -> TeacherForcedPass:
         """One teacher-forced pass over a processor batch with answers: vision context and last-layer states.
 
         ``inputs`` is what :class:`~padt.processing.PaDTProcessor` returns for (images, prompts, answers): local
         VRT ids, ``pixel_values``, ``image_grid_thw``, ``sample_of_image``, ``attention_mask``, ``mm_token_type_ids``.
-        The pipeline (``decode_answer``), the training objective and the visualiser all run this one pass.
+        ``vision``, when given, is the batch's context computed before (an encoded image's): the vision tower
+        does not run again. The pipeline (``decode_answer``), the training objective and the visualiser all run
+        this one pass.
         """
-        vision = self.encode_images(
-            inputs["pixel_values"], inputs["image_grid_thw"], inputs["sample_of_image"], inputs["input_ids"].shape[0]
-        )
+        if vision is None:
+            vision = self.encode_images(
+                inputs["pixel_values"], inputs["image_grid_thw"], inputs["sample_of_image"],
+                inputs["input_ids"].shape[0],
+            )
         input_ids = vision.codec.to_global(inputs["input_ids"])
         hidden = self.answer_states(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
         return TeacherForcedPass(vision, input_ids, hidden)

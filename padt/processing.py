@@ -61,7 +61,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
     """Qwen2.5-VL processor for PaDT: images only, VRT-aware text, answers for teacher forcing.
 
     Build one with :meth:`from_tokenizer`, or load a saved one with ``PaDTProcessor.from_pretrained(folder)``
-    (``vrt_id_start`` and the pixel budget are saved in ``processor_config.json``).
+    (``vrt_id_start``, ``longest_side`` and the pixel budget are saved in ``processor_config.json``).
 
     Args:
         image_processor: a ``Qwen2VLImageProcessorPil`` (holds ``min_pixels``/``max_pixels``, ``patch_size``,
@@ -69,6 +69,10 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         tokenizer: a Qwen2 tokenizer (see :mod:`padt.text.qwen_tokenizer`).
         chat_template: defaults to the Qwen2.5-VL chat template.
         vrt_id_start: V, the first VRT id = the model's number of text-embedding rows. Must be ``>= len(tokenizer)``.
+        longest_side: when set, every image is first resized (LANCZOS, up or down) so that its longest side has this
+            many pixels, as the official PaDT demo does (644 for the released checkpoints, whose decoders saw
+            COCO-sized images); ``None`` keeps the native size within the pixel budget. Results still come back in
+            original-image pixels (:mod:`padt.vision.geometry`).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         tokenizer: PreTrainedTokenizerBase | None = None,
         chat_template: str | None = None,
         vrt_id_start: int | None = None,  # positional-or-keyword: from_pretrained passes only those back
+        longest_side: int | None = None,
     ) -> None:
         if tokenizer is None:
             raise ValueError("PaDTProcessor needs a tokenizer (see padt.text.qwen_tokenizer)")
@@ -91,6 +96,8 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
                 "with text ids"
             )
         self.vrt_id_start = None if vrt_id_start is None else int(vrt_id_start)
+        self.longest_side = None if longest_side is None else int(longest_side)
+        GridSpec(longest_side=self.longest_side)  # refuses a non-positive side, naming it
         ProcessorMixin.__init__(
             self, image_processor, tokenizer, chat_template=chat_template or QWEN2_5_VL_CHAT_TEMPLATE
         )
@@ -114,14 +121,16 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         patch_size: int = QWEN2_5_VL_PATCH_SIZE,
         merge_size: int = QWEN2_5_VL_MERGE_SIZE,
+        longest_side: int | None = None,
     ) -> PaDTProcessor:
-        """A processor over ``tokenizer`` with the given pixel budget (defaults: the official PaDT budget)."""
+        """A processor over ``tokenizer`` with the given pixel budget (defaults: the official PaDT budget) and
+        ``longest_side`` (default: native size)."""
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
         image_processor = Qwen2VLImageProcessorPil(
             min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=merge_size
         )
-        return cls(image_processor, tokenizer, vrt_id_start=vrt_id_start)
+        return cls(image_processor, tokenizer, vrt_id_start=vrt_id_start, longest_side=longest_side)
 
     # ---- settings --------------------------------------------------------------------------------------------
     @property
@@ -163,7 +172,7 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
     @property
     def grid_spec(self) -> GridSpec:
         """The settings that decide every image's grid: patch and merge sizes, pixel budget."""
-        return GridSpec(self.patch_size, self.merge_size, self.min_pixels, self.max_pixels)
+        return GridSpec(self.patch_size, self.merge_size, self.min_pixels, self.max_pixels, self.longest_side)
 
     def geometry(self, image: Image.Image | ImageInput) -> ImageGeometry:
         """Where ``image`` (a loaded PIL image, or anything :meth:`load` takes) lands on this processor's grids."""
@@ -173,24 +182,50 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
     def _load_for_model(self, image: ImageInput) -> tuple[Image.Image, ImageGeometry]:
         pil = self.load(image)
         geometry = self.geometry(pil)  # also rejects aspect ratios beyond Qwen's 200:1, naming them
-        size = self.grid_spec.upscaled_size(pil.height, pil.width)
+        size = self.grid_spec.input_size(pil.height, pil.width)
         if size != (pil.height, pil.width):
-            # Upscale before the image processor so its smart_resize starts from the size geometry() assumed.
+            # Resize before the image processor so its smart_resize starts from the size geometry() assumed.
             pil = pil.resize((size[1], size[0]), Image.Resampling.LANCZOS)
         return pil, geometry
 
     # ---- text ------------------------------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
-        """Token ids of ``text``; each ``<|VRT_k|>`` becomes the local id ``vrt_id_start + k``."""
+        """Token ids of an answer ``text``; each ``<|VRT_k|>`` becomes the local id ``vrt_id_start + k``.
+
+        The text between VRTs is encoded as plain text (:meth:`encode_plain`): answers quote user text (expressions,
+        category names from datasets or from ``decode_answer``'s caller), and a ``<|im_end|>`` written there must
+        neither end the answer the model is taught nor become any other control token.
+        """
         ids: list[int] = []
         cursor = 0
         for match in VRT_PATTERN.finditer(text):
-            if match.start() > cursor:
-                ids += self.tokenizer.encode(text[cursor : match.start()], add_special_tokens=False)
+            ids += self.encode_plain(text[cursor : match.start()])
             ids.append(self._vrt_start() + int(match.group(1)))
             cursor = match.end()
-        if cursor < len(text):
-            ids += self.tokenizer.encode(text[cursor:], add_special_tokens=False)
+        return ids + self.encode_plain(text[cursor:])
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of ``text`` as ordinary text: no added token of the tokenizer (``<|im_end|>``,
+        ``<|image_pad|>``, ``<tool_call>`` ...) and no VRT comes out, whatever ``text`` holds; the ids decode back
+        to ``text``.
+
+        For a fast tokenizer the byte-level BPE runs without the added-token matcher (normaliser, pre-tokeniser,
+        model): this is what ``split_special_tokens=True`` does for the special tokens, but that option still matches
+        the non-special added tokens. Raises ``ValueError`` if an added token's id still comes out.
+        """
+        if not text:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or backend.pre_tokenizer is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        else:
+            normalized = text if backend.normalizer is None else backend.normalizer.normalize_str(text)
+            pieces = backend.pre_tokenizer.pre_tokenize_str(normalized)
+            ids = [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
+        forged = sorted(set(ids) & set(self.tokenizer.added_tokens_decoder))
+        if forged:
+            names = self.tokenizer.convert_ids_to_tokens(forged)
+            raise ValueError(f"cannot encode {text!r} as plain text: the tokenizer still gives added tokens {names}")
         return ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True, **kwargs: Any) -> str:
@@ -225,16 +260,80 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         return get_answer_format("vrt").read(values, self, [], require_labels)
 
     def build_prompt(self, prompt: str, num_images: int = 1, add_generation_prompt: bool = True) -> str:
-        """Chat-template text of one user turn: ``num_images`` image placeholders, then ``prompt``."""
+        """Chat-template text of one user turn: ``num_images`` image placeholders, then ``prompt``.
+
+        This is text for people and for the plain Hugging Face call (``processor(text=...)``), which would turn a
+        control token written in ``prompt`` into a real one; :meth:`prepare` tokenises with :meth:`encode_prompt`.
+        """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"the prompt is empty or not a string: {prompt!r}")
-        content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": prompt}]
-        return self.tokenizer.apply_chat_template(
+        before, after = self._template_around_prompt(num_images, add_generation_prompt)
+        return before + prompt + after
+
+    def encode_prompt(
+        self, prompt: str, image_tokens: Sequence[int] = (), add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of :meth:`build_prompt` for ``len(image_tokens)`` images, image ``i``'s ``<|image_pad|>``
+        repeated ``image_tokens[i]`` times (its merged-grid cells), as the Hugging Face processor expands it.
+
+        The chat template's own text is tokenised as usual, so its control tokens (``<|im_start|>``,
+        ``<|im_end|>``, ``<|vision_start|>`` ...) and image placeholders are real; ``prompt`` is user text and is
+        tokenised on its own with :meth:`encode_plain`, so whatever it holds (``<|im_end|>``, ``<|image_pad|>``,
+        ``<|VRT_3|>`` ...) stays text: it can neither end the user turn nor add an image or VRT token.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the prompt is empty or not a string: {prompt!r}")
+        counts = [int(n) for n in image_tokens]
+        if any(n <= 0 for n in counts):
+            raise ValueError(f"image_tokens must be positive counts of image tokens, one per image; got {counts}")
+        before, after = self._template_around_prompt(len(counts), add_generation_prompt)
+        remaining = iter(counts)
+        ids = self._template_ids(before, remaining) + self.encode_plain(prompt) + self._template_ids(after, remaining)
+        if next(remaining, None) is not None:
+            raise ValueError(f"the chat template wrote fewer {self.image_token} placeholders than {len(counts)} images")
+        return ids
+
+    #: Stands in for the prompt when the chat template is rendered, so that the template's text can be told apart
+    #: from the user's. Private-use characters: no tokenizer has them and no template filter changes them.
+    _PROMPT_SLOT = "\U000f8000padt-prompt\U000f8001"
+
+    def _template_around_prompt(self, num_images: int, add_generation_prompt: bool) -> tuple[str, str]:
+        """The chat-template text before and after the prompt of one user turn with ``num_images`` images."""
+        content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": self._PROMPT_SLOT}]
+        rendered = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}],
             chat_template=self.chat_template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
+        parts = rendered.split(self._PROMPT_SLOT)
+        if len(parts) != 2:
+            raise ValueError(
+                f"the chat template must write the user's text exactly once, unchanged; it wrote it {len(parts) - 1} "
+                "times (processor.chat_template)"
+            )
+        return parts[0], parts[1]
+
+    def _template_ids(self, template_text: str, image_tokens) -> list[int]:
+        """Ids of chat-template text; each ``<|image_pad|>`` is repeated the next count of iterator ``image_tokens``."""
+        chunks = template_text.split(self.image_token)
+        ids = self.tokenizer.encode(chunks[0], add_special_tokens=False) if chunks[0] else []
+        for chunk in chunks[1:]:
+            count = next(image_tokens, None)
+            if count is None:
+                raise ValueError(f"the chat template wrote more {self.image_token} placeholders than there are images")
+            ids += [self.image_token_id] * count
+            ids += self.tokenizer.encode(chunk, add_special_tokens=False) if chunk else []
+        return ids
+
+    def _prompt_rows(self, prompt_list, geometries, sample_of_image, add_generation_prompt: bool) -> list[list[int]]:
+        """:meth:`encode_prompt` of every sample; each image has one ``<|image_pad|>`` per merged-grid cell."""
+        return [
+            self.encode_prompt(
+                prompt, [g.num_vrts for g, s in zip(geometries, sample_of_image) if s == b], add_generation_prompt
+            )
+            for b, prompt in enumerate(prompt_list)
+        ]
 
     # ---- batches ---------------------------------------------------------------------------------------------
     def __call__(self, images=None, prompts=None, answers=None, *, text=None, **kwargs: Any):
@@ -295,21 +394,22 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
 
     def _encode_prompts(self, prompt_list, per_sample, add_generation_prompt: bool):
         """Chat-template every sample, load its images and run the HF processor once over the batch."""
-        texts, flat, geometries, sample_of_image = [], [], [], []
+        flat, geometries, sample_of_image = [], [], []
         for b, (prompt, sample_images) in enumerate(zip(prompt_list, per_sample)):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"prompt {b} is empty or not a string: {prompt!r}")
-            texts.append(self.build_prompt(prompt, len(sample_images), add_generation_prompt))
             for image in sample_images:
                 pil, geometry = self._load_for_model(image)
                 flat.append(pil)
                 geometries.append(geometry)
                 sample_of_image.append(b)
-        encoded = ProcessorMixin.__call__(self, images=flat or None, text=texts, padding=False, return_tensors=None)
+        # Images only: encode_prompt tokenises the text, so that control tokens written in a prompt stay text.
+        encoded = dict(ProcessorMixin.__call__(self, images=flat, return_tensors=None)) if flat else {}
         for index, geometry in enumerate(geometries):
             got = [int(v) for v in encoded["image_grid_thw"][index]]
             if got != [1, *geometry.patch_grid_hw]:  # invariant: geometry() mirrors the image processor
                 raise RuntimeError(f"image {index}: processor grid {got} != geometry {[1, *geometry.patch_grid_hw]}")
+        encoded["input_ids"] = self._prompt_rows(prompt_list, geometries, sample_of_image, add_generation_prompt)
         return encoded, flat, geometries, sample_of_image
 
     def _rows(self, prompt_rows, answer_list, geometries, sample_of_image) -> tuple[list[list[int]], list[list[bool]]]:

@@ -72,6 +72,7 @@ class GroundedOutput:
         image_sizes: (height, width) of each of the sample's original images.
         geometries: where each of those images landed on the model's grids (its merged grid, which the objects'
             ``patches`` index); the drawing functions of :mod:`padt.visualize` read it.
+        truncated: the answer reached the length limit before its end token (its last object may be missing).
     """
 
     text: str
@@ -79,6 +80,7 @@ class GroundedOutput:
     problems: list[str]
     image_sizes: list[tuple[int, int]]
     geometries: list[ImageGeometry] = field(default_factory=list)
+    truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -90,6 +92,7 @@ class GroundedOutput:
             "problems": list(self.problems),
             "image_sizes": [list(s) for s in self.image_sizes],
             "geometries": [g.to_dict() for g in self.geometries],
+            "truncated": self.truncated,
         }
 
     @classmethod
@@ -101,6 +104,7 @@ class GroundedOutput:
             [str(p) for p in data["problems"]],
             [tuple(int(v) for v in size) for size in data["image_sizes"]],
             [ImageGeometry.from_dict(g) for g in data.get("geometries", [])],
+            bool(data.get("truncated", False)),
         )
 
     def to_coco(

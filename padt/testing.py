@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from padt.configuration import PaDTConfig
 from padt.modeling import PaDTForConditionalGeneration
 from padt.pipeline import PaDTPipeline
 from padt.processing import PaDTProcessor
+from padt.text.prompts import VRT_PATTERN
 from padt.text.qwen_tokenizer import build_tiny_tokenizer
 from padt.vision.geometry import QWEN2_5_VL_MERGE_SIZE, QWEN2_5_VL_PATCH_SIZE
 
@@ -113,3 +115,43 @@ def tiny_pipeline(
         tokenizer, vrt_id_start=config.text_config.vocab_size, min_pixels=min_pixels, max_pixels=max_pixels
     )
     return PaDTPipeline(model, processor, max_new_tokens=max_new_tokens)
+
+
+class ForceAnswer(LogitsProcessor):
+    """Makes ``generate`` write given (batch-global) ids row by row, then the end token."""
+
+    def __init__(self, scripts: list[list[int]], prompt_length: int, eos_id: int) -> None:
+        self.scripts, self.prompt_length, self.eos_id = scripts, prompt_length, eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        for row, script in enumerate(self.scripts):
+            forced[row, script[step] if step < len(script) else self.eos_id] = 0.0
+        return forced
+
+
+def forced_answer_kwargs(pipe, images, prompts, answers, offsets) -> dict:
+    """``generate`` keyword arguments that make ``pipe``'s model write ``answers`` whatever its weights: a model that
+    answers as a test says. VRTs in ``answers`` are local to their sample; ``offsets`` (one per answer) shifts
+    them to batch-global ids (the sum of the patches of the samples before it). Unlike answers given for teacher
+    forcing, a script may hold the tokenizer's control tokens (``<|vision_start|>``...): a model can write them."""
+    processor = pipe.processor
+    vocab = processor.vrt_id_start
+    prompt_length = processor(images, prompts)["input_ids"].shape[1]
+    scripts = [
+        [t + offset if t >= vocab else t for t in _script_ids(processor, answer)]
+        for answer, offset in zip(answers, offsets)
+    ]
+    force = ForceAnswer(scripts, prompt_length, processor.eos_token_id)
+    return dict(logits_processor=LogitsProcessorList([force]), max_new_tokens=max(map(len, scripts)) + 1)
+
+
+def _script_ids(processor, answer: str) -> list[int]:
+    """``answer``'s ids with ``<|VRT_k|>`` as local VRT ids and control tokens as their ids."""
+    ids, cursor = [], 0
+    for match in VRT_PATTERN.finditer(answer):
+        ids += processor.tokenizer.encode(answer[cursor : match.start()], add_special_tokens=False)
+        ids.append(processor.vrt_id_start + int(match.group(1)))
+        cursor = match.end()
+    return ids + processor.tokenizer.encode(answer[cursor:], add_special_tokens=False)

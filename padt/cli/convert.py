@@ -4,6 +4,10 @@
 the parsed arguments, prints the conversion summary and returns the exit code. ``args.run`` is set to it.
 The converters are imported inside the ``run_*`` functions: they pull in ``padt.vision.images`` and with it
 transformers, which would make ``padt --help`` take seconds.
+
+Every subcommand computes patches on the grid of a processor: ``--model DIR`` reads it from a model folder (patch
+and merge size, pixel budget, ``longest_side``), so the records fit that model; ``--min-pixels``/``--max-pixels``
+set the budget by hand (default: Qwen2.5-VL's). The two ways are exclusive.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from padt.vision.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, GridSpe
 if TYPE_CHECKING:
     from padt.datasets.records import GroundingRecord
     from padt.datasets.summary import ConversionSummary
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``convert`` and its subcommands to ``subparsers`` (from ``parser.add_subparsers()``)."""
@@ -35,6 +40,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     coco.add_argument("--max-side", type=int, default=1288, help="skip images with a longer side (px)")
     coco.add_argument("--max-instances", type=int, default=50, help="drop categories with more instances")
     coco.add_argument("--exclude-crowd", action="store_true", help="leave crowd annotations out of answers")
+    _add_keep_exif(coco)
     _add_common(coco)
     coco.set_defaults(run=run_coco)
 
@@ -53,6 +59,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--warn-overlap-with", type=Path, action="append", default=[], metavar="FILE.jsonl",
         help="only warn about images shared with these record files; repeatable",
     )
+    refcoco.add_argument(
+        "--vlm-r1-split", type=Path, metavar="FILE.json",
+        help="VLM-R1 rec_jsons_processed split file (e.g. refcoco_val.json): one record per item, in its order, "
+        "the list the paper's REC/RES numbers are computed on",
+    )
+    _add_keep_exif(refcoco)
     _add_common(refcoco)
     refcoco.set_defaults(run=run_refcoco)
 
@@ -61,6 +73,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     ric.add_argument("--instances", required=True, type=Path, help="COCO instances (may be the captions file)")
     ric.add_argument("--images", required=True, type=Path, help="folder of the COCO 2017 images")
     ric.add_argument("--out", required=True, type=Path, help="output .jsonl")
+    _add_keep_exif(ric)
     _add_common(ric)
     ric.set_defaults(run=run_ric)
 
@@ -84,18 +97,26 @@ def run_coco(args: argparse.Namespace) -> int:
 
     records, summary = convert_coco(
         args.instances, args.images, args.split, args.seed, grid=_grid(args), max_side=args.max_side,
-        max_instances=args.max_instances, include_crowd=not args.exclude_crowd, progress=not args.quiet,
+        max_instances=args.max_instances, include_crowd=not args.exclude_crowd,
+        skip_exif_rotated=not args.keep_exif_rotated, progress=not args.quiet,
     )
     return _finish(args, records, summary)
 
 
 def run_refcoco(args: argparse.Namespace) -> int:
     from padt.datasets.records import read_jsonl
-    from padt.datasets.refcoco import convert_refcoco, drop_overlap, find_overlap
+    from padt.datasets.refcoco import convert_refcoco, convert_vlm_r1_split, drop_overlap, find_overlap
 
-    records, summary = convert_refcoco(
-        args.refs, args.instances, args.images, args.split, name=args.name, grid=_grid(args), progress=not args.quiet
-    )
+    options = {"name": args.name, "grid": _grid(args), "skip_exif_rotated": not args.keep_exif_rotated,
+               "progress": not args.quiet}
+    if args.vlm_r1_split is not None:
+        if not args.vlm_r1_split.is_file():
+            raise FileNotFoundError(f"--vlm-r1-split: file not found: {args.vlm_r1_split}")
+        records, summary = convert_vlm_r1_split(
+            args.vlm_r1_split, args.refs, args.instances, args.images, args.split, **options
+        )
+    else:
+        records, summary = convert_refcoco(args.refs, args.instances, args.images, args.split, **options)
     for path in args.warn_overlap_with:
         overlap = find_overlap(records, read_jsonl(path))
         if overlap:
@@ -116,7 +137,8 @@ def run_ric(args: argparse.Namespace) -> int:
     from padt.datasets.ric import convert_ric
 
     records, summary = convert_ric(
-        args.captions, args.instances, args.images, grid=_grid(args), progress=not args.quiet
+        args.captions, args.instances, args.images, grid=_grid(args), skip_exif_rotated=not args.keep_exif_rotated,
+        progress=not args.quiet,
     )
     return _finish(args, records, summary)
 
@@ -133,19 +155,63 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_keep_exif(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-exif-rotated", action="store_true",
+        help="keep images whose EXIF orientation is not 1 (the official data does; their annotations refer to the "
+        "stored pixels, so evaluate them with padt eval --protocol paper)",
+    )
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="processor's min_pixels (patch grid)"
+        "--model", type=Path, metavar="DIR",
+        help="model folder whose processor decides the patch grid (patch/merge size, pixel budget, longest side); "
+        "instead of --min-pixels/--max-pixels",
+    )
+    # Defaults are None so that an explicit value can be told from the default (it conflicts with --model).
+    parser.add_argument(
+        "--min-pixels", type=int, help=f"processor's min_pixels (patch grid; default {DEFAULT_MIN_PIXELS})"
     )
     parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="processor's max_pixels (patch grid)"
+        "--max-pixels", type=int, help=f"processor's max_pixels (patch grid; default {DEFAULT_MAX_PIXELS})"
     )
     parser.add_argument("--official", action="store_true", help="write the official record layout instead")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _grid(args: argparse.Namespace) -> GridSpec:
-    return GridSpec(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    """The patch grid's settings: the ``--model`` folder's processor's, or the pixel budget given by hand."""
+    if args.model is None:
+        return GridSpec(
+            min_pixels=DEFAULT_MIN_PIXELS if args.min_pixels is None else args.min_pixels,
+            max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
+        )
+    explicit = [flag for flag, value in (("--min-pixels", args.min_pixels), ("--max-pixels", args.max_pixels))
+                if value is not None]
+    if explicit:
+        raise ValueError(
+            f"--model {args.model} already sets the pixel budget (its processor's); leave out {' and '.join(explicit)}"
+        )
+    return model_grid(args.model)
+
+
+def model_grid(folder: Path) -> GridSpec:
+    """``PaDTProcessor.from_pretrained(folder).grid_spec``, with errors that name the folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model {folder}: model folder not found")
+    configs = ("processor_config.json", "preprocessor_config.json")
+    if not any((folder / name).is_file() for name in configs):
+        raise FileNotFoundError(
+            f"--model {folder}: no {' or '.join(configs)} in the folder: pass a model folder written by "
+            "save_pretrained (its processor holds the pixel budget)"
+        )
+    from padt.processing import PaDTProcessor
+
+    try:
+        return PaDTProcessor.from_pretrained(folder).grid_spec
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"--model {folder}: cannot read its processor's settings: {error}") from error
 
 
 def _finish(args: argparse.Namespace, records: list[GroundingRecord], summary: ConversionSummary) -> int:

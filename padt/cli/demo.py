@@ -9,26 +9,26 @@ import argparse
 import json
 from pathlib import Path
 
-from padt.apps.demo import RECIPE, default_workdir, evaluate_model, prepare_model, prepare_scenes, write_gallery
+from padt.apps import demo
 
 
 def run(args: argparse.Namespace) -> int:
     from padt.metrics import format_table
     from padt.pipeline import PaDTPipeline
 
-    workdir = Path(args.workdir).expanduser() if args.workdir else default_workdir()
-    recipe = json.loads(json.dumps(RECIPE))
+    workdir = Path(args.workdir).expanduser() if args.workdir else demo.default_workdir()
+    recipe = json.loads(json.dumps(demo.RECIPE))
     if args.steps is not None:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         recipe["train"]["max_steps"] = args.steps
-    scenes = prepare_scenes(workdir, recipe)
-    model_dir = prepare_model(workdir, scenes, recipe, args.retrain or args.steps is not None)
+    scenes = demo.prepare_scenes(workdir, recipe)
+    model_dir = demo.prepare_model(workdir, scenes, recipe, args.retrain or args.steps is not None)
     pipeline = PaDTPipeline.from_pretrained(model_dir, max_new_tokens=64, batch_size=16)
-    metrics = evaluate_model(pipeline, scenes)
+    metrics = demo.evaluate_model(pipeline, scenes)
     print(format_table(metrics))
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    gallery = write_gallery(pipeline, scenes, workdir / "gallery.png")
+    gallery = demo.write_gallery(pipeline, scenes, workdir / "gallery.png")
     print(f"gallery of held-out predictions: {gallery}")
     print(f"metrics: {workdir / 'metrics.json'}; model: {model_dir} (padt predict / padt serve use it)")
     return 0

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from padt.cli.options import add_model_options, pipeline_options
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``eval`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
@@ -39,9 +41,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="write predictions: .jsonl one per record; .json a list (OVD: COCO results)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="samples per generation batch (default 8)")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=1024, help="generation budget (default 1024, the official one)"
-    )
+    add_model_options(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first N records")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument(
@@ -50,6 +50,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--teacher-forced", action="store_true",
         help="decode the ground-truth answers (VRTs sampled from each object) instead of generating",
+    )
+    parser.add_argument(
+        "--protocol", choices=("padt", "paper"), default="padt",
+        help="padt (default): score each answer against its own record; paper: the official scripts' scoring "
+        "(labels must equal the GT, boxes rounded to pixels, images as stored), as in the paper's tables",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"images folder not found: {args.images}")
     if args.instances is not None and not args.instances.is_file():
         raise FileNotFoundError(f"COCO instances file not found: {args.instances}")
-    for name in ("batch_size", "max_new_tokens", "limit"):
+    for name in ("batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -79,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
     from padt.datasets.records import read_jsonl
     from padt.evaluation import evaluate
-    from padt.metrics import format_table
     from padt.pipeline import PaDTPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,28 +94,39 @@ def run(args: argparse.Namespace) -> int:
         default_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         dtype = getattr(torch, args.dtype) if args.dtype else default_dtype
         records = read_jsonl(args.records, images_root=args.images)
-        pipeline = PaDTPipeline.from_pretrained(args.model, device=device, dtype=dtype, batch_size=args.batch_size)
+        pipeline = PaDTPipeline.from_pretrained(
+            args.model, device=device, dtype=dtype, batch_size=args.batch_size, **pipeline_options(args)
+        )
         result = evaluate(
             pipeline, records, args.images, tasks,
-            instances=args.instances, max_new_tokens=args.max_new_tokens, limit=args.limit,
+            instances=args.instances, max_new_tokens=pipeline.max_new_tokens, limit=args.limit,
             progress=not args.quiet, mode="teacher_forced" if args.teacher_forced else "generate",
+            protocol=args.protocol,
         )
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(format_table(result.metrics))
-            if args.json is not None:
-                summary = {
-                    "model": str(args.model), "records": str(args.records), "tasks": list(tasks),
-                    "mode": "teacher_forced" if args.teacher_forced else "generate", "metrics": result.metrics,
-                }
-                _write_json(args.json, summary)
-                print(f"metrics -> {args.json}")
-            if args.predictions is not None:
-                _write_predictions(args.predictions, result, coco="ovd" in tasks)
-                print(f"predictions -> {args.predictions}")
+            _report(args, tasks, result)
     finally:
         if started:
             dist.destroy_process_group()
     return 0
+
+
+def _report(args: argparse.Namespace, tasks: tuple[str, ...], result: Any) -> None:
+    """Print the metrics table and write the files asked for (rank 0's job)."""
+    from padt.metrics import format_table
+
+    print(format_table(result.metrics))
+    if args.json is not None:
+        summary = {
+            "model": str(args.model), "records": str(args.records), "tasks": list(tasks),
+            "mode": "teacher_forced" if args.teacher_forced else "generate", "protocol": args.protocol,
+            "metrics": result.metrics,
+        }
+        _write_json(args.json, summary)
+        print(f"metrics -> {args.json}")
+    if args.predictions is not None:
+        _write_predictions(args.predictions, result, coco="ovd" in tasks)
+        print(f"predictions -> {args.predictions}")
 
 
 def _init_distributed(device: str) -> bool:

@@ -4,6 +4,8 @@
 * RES: :class:`RESIoU` (cumulative ``ciou`` and mean per-sample ``giou``; the paper's "cIoU" is ``giou``).
 * OVD: :class:`COCODetectionMetric` (pycocotools COCOeval, bbox and segm).
 * RIC: :class:`GroundedCaptionMetric` (BLEU/ROUGE-L/CIDEr-D via pycocoevalcap, greedy precision/recall).
+* The official script's REC/RES scoring, predictions matched by (image, label): :class:`KeyedReferringMetric`
+  (``padt eval --protocol paper``).
 
 Every metric has ``update()``, ``compute()`` (global over all ranks), ``reset()`` and ``sync()``. Definitions and
 differences from the reference scripts are in ``docs/metrics.md``.
@@ -21,11 +23,13 @@ from padt.metrics.functional import (
     to_bool_mask,
 )
 from padt.metrics.grounding import RECAccuracy, RESIoU
+from padt.metrics.keyed import KeyedReferringMetric
 from padt.metrics.table import format_table
 
 __all__ = [
     "COCODetectionMetric",
     "GroundedCaptionMetric",
+    "KeyedReferringMetric",
     "Metric",
     "RECAccuracy",
     "RESIoU",

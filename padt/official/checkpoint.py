@@ -30,16 +30,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from padt.configuration import PaDTConfig
 from padt.official.weights import plan_weights, read_state_dict
-from padt.vision.images import ImageInput, load_image
 
 #: Rank of the official prototype projection (hard-coded ``lora_r`` in the official model).
 OFFICIAL_VRT_RANK = 64
-#: The official demo resizes every image to this longest side (28 * 23) before the processor.
-OFFICIAL_DEMO_MAX_SIDE = 644
+#: The official demo resizes every image to this longest side before the processor (the released decoders saw
+#: COCO-sized images); official folders load with it as the processor's ``longest_side``.
+OFFICIAL_LONGEST_SIDE = 644
 
 # Keys of the official ``vl_decoder`` dict. The official model overwrites ``llm_hidden_state``,
 # ``spatial_merge_size`` and ``attn_implementation`` from the model config when it is built, so their saved values
@@ -237,16 +235,6 @@ def load_official_processor(path: str | os.PathLike, processor_class: type):
     vocab_size = translate_config(read_official_config(path)).text_config.vocab_size
     tokenizer = _tokenizer(path, vocab_size)
     return processor_class(
-        _image_processor(path), tokenizer, chat_template=_chat_template(path, tokenizer), vrt_id_start=vocab_size
+        _image_processor(path), tokenizer, chat_template=_chat_template(path, tokenizer), vrt_id_start=vocab_size,
+        longest_side=OFFICIAL_LONGEST_SIDE,
     )
-
-
-def demo_resize(image: ImageInput, max_side: int = OFFICIAL_DEMO_MAX_SIDE) -> Image.Image:
-    """Resize as the official demo does before the processor: longest side to ``max_side`` (up or down), LANCZOS.
-
-    The released decoders saw COCO-sized images (<= 640 px) in training; boxes and masks of the result are in the
-    resized image's pixels (divide by ``max_side / max(width, height)`` of the original to map them back).
-    """
-    pil = load_image(image)
-    scale = max_side / max(pil.size)
-    return pil.resize((int(pil.width * scale), int(pil.height * scale)), Image.Resampling.LANCZOS)

@@ -5,6 +5,11 @@ Answer templates name each object with a placeholder ``<|Obj_N|>`` (N = index in
 back to back with no separator (``<|VRT_3|><|VRT_4|>``), as in the official records and model outputs. ``k`` is
 the sample-local patch index (raster order on the merged grid), see :mod:`padt.vision.codec`.
 
+Expressions and category names are user text and enter the prompts as they are (only quotes are escaped): the
+processor tokenises a prompt so that whatever it holds (``<|im_end|>``, ``<|image_pad|>``, ``<|VRT_3|>`` ...)
+stays text (:meth:`padt.processing.PaDTProcessor.encode_prompt`). Answers are tokenised with their special tokens
+(:meth:`~padt.processing.PaDTProcessor.encode_text`), so only trusted text belongs in answer templates.
+
 Examples (OVD, REC, RIC)::
 
     In this image, there are 2 "person" (<|Obj_0|>, <|Obj_1|>), 1 "dog" (<|Obj_2|>).

@@ -5,10 +5,13 @@ A checkpoint is a folder ``checkpoints/step-NNNNNNN/`` holding:
 * ``trainable.safetensors``: the parameters that train (all of them, or LoRA + PaDT modules);
 * ``optimizer.pt`` / ``scheduler.pt``: state dicts of plain tensors and numbers, read back with
   ``torch.load(weights_only=True)`` (no arbitrary unpickling);
-* ``state.json``: step, epoch position and the RNG states of Python, numpy and torch.
+* ``state.json``: step (numbered as in ``metrics.jsonl``: the first optimizer step is 1), the id of the run
+  that wrote it (``run_id``), and the RNG states of Python, numpy and torch.
 
 It is written into a temporary folder and renamed into place; the ``latest`` file is replaced atomically
-after that. A crash at any moment leaves the previous checkpoint and ``latest`` intact.
+after that. A crash at any moment leaves the previous checkpoint and ``latest`` intact. Pruning then removes
+only checkpoints of the same run (same ``run_id``) with a lower step than the new one: a checkpoint of another
+run, or a folder whose ``state.json`` cannot be read, is never deleted.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ def save_checkpoint(
     scheduler: Any,
     extra: dict[str, Any],
     keep: int = 2,
+    run_id: str | None = None,
 ) -> Path:
-    """Write the checkpoint of ``step`` atomically and keep only the ``keep`` newest ones."""
+    """Write the checkpoint of ``step`` atomically and keep only the ``keep`` newest ones of run ``run_id``.
+
+    ``extra`` goes into ``state.json`` next to ``step`` and ``run_id``; ``keep`` counts the new checkpoint.
+    """
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -62,7 +69,7 @@ def save_checkpoint(
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    state = {"step": step, **extra, "rng": _rng_state()}
+    state = {"step": step, **extra, "run_id": run_id, "rng": _rng_state()}
     (tmp / "state.json").write_text(json.dumps(state))
     _fsync_dir(tmp)
     if final.exists():
@@ -72,7 +79,7 @@ def save_checkpoint(
     pointer_tmp = final.parent / "latest.tmp"
     pointer_tmp.write_text(final.name)
     os.replace(pointer_tmp, pointer)
-    _prune(final.parent, keep)
+    _prune(final.parent, keep, run_id, step)
     return final
 
 
@@ -123,7 +130,33 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def _prune(parent: Path, keep: int) -> None:
-    steps = sorted(p for p in parent.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+def _prune(parent: Path, keep: int, run_id: str | None, step: int) -> None:
+    """Delete the checkpoints of run ``run_id`` older than ``step`` but the ``keep - 1`` newest of them.
+
+    The run is told by ``state.json``, not by folder names: in a folder that also holds another run's
+    checkpoints (say a longer one's ``step-0000016``), name order would delete this run's newest ones.
+    """
+    if keep <= 0:
+        return
+    older = []
+    for folder in parent.glob("step-*"):
+        state = _read_state(folder)
+        if state is not None and state.get("run_id") == run_id and _is_int(state.get("step")) and state["step"] < step:
+            older.append((state["step"], folder))
+    for _, folder in sorted(older)[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    """A checkpoint folder's ``state.json``, or None for a temporary, incomplete or unreadable one."""
+    if not folder.is_dir() or folder.name.endswith(".tmp"):
+        return None
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -4,14 +4,21 @@ Data order is a pure function of ``(seed, epoch)`` and VRT sampling of ``(seed, 
 step takes ``batch_size * grad_accum * world_size`` records, and each process takes a contiguous slice of every
 micro-batch. So one process with batch 4 and two processes with batch 2 see the same global batches, and a run
 resumed from a checkpoint continues with exactly the batches it would have seen.
+
+Steps are numbered from 1 everywhere (``metrics.jsonl``, checkpoints, error messages): step ``s`` is the
+``s``-th optimizer step, and the decoder warm-up covers steps ``1 .. warmup_steps``. One output folder holds one
+run: a new run refuses a folder with an earlier run's checkpoints or metrics unless ``resume`` (continue it) or
+``overwrite`` (delete them) is set.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from padt.datasets.records import read_jsonl
-from padt.datasets.training import GroundingCollator, GroundingDataset
+from padt.datasets.training import GroundingCollator, GroundingDataset, check_images
 from padt.losses import PaDTCriterion, check_finite
 from padt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from padt.train.config import TrainConfig
@@ -63,6 +70,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     output_dir: Path
+    run_id: str = ""  # stored in every checkpoint; pruning only ever removes this run's (see _start_step)
 
 
 def train(config: TrainConfig) -> Path:
@@ -72,6 +80,10 @@ def train(config: TrainConfig) -> Path:
 
     config.check_ready()
     output_dir = Path(config.output_dir)
+    _refuse_earlier_run(config)
+    # Every image is checked before the (maybe large) model loads, not when its batch comes up.
+    records = [record for path in config.records for record in _read_records(path)]
+    check_images(records, config.images)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.grad_accum,
         mixed_precision="bf16" if config.precision == "bf16" else "no",
@@ -79,13 +91,15 @@ def train(config: TrainConfig) -> Path:
         cpu=not torch.cuda.is_available(),
         # Text-only batches leave the decoder unused; DDP must not wait for its gradients then.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        step_scheduler_with_optimizer=False,  # else accelerate steps it once per process: total_steps counts them
     )
     torch.manual_seed(config.seed)
     model, processor = load_starting_model(config)
     mask_scale = model.vrt_decoder.config.mask_subpixels
     trainable = prepare_trainable(model, config)
 
-    dataset = _dataset(config, processor, mask_scale, config.vrts_per_object or model.config.num_vrt_per_object)
+    vrts_per_object = config.vrts_per_object or model.config.num_vrt_per_object
+    dataset = _dataset(config, records, processor, mask_scale, vrts_per_object)
     collate = GroundingCollator(processor, mask_scale)
     plan = _plan_steps(config, len(dataset), accelerator.num_processes, accelerator.process_index)
 
@@ -101,9 +115,8 @@ def train(config: TrainConfig) -> Path:
     return _finish(run)
 
 
-def _dataset(config: TrainConfig, processor, mask_scale: int, vrts_per_object: int) -> GroundingDataset:
-    """The training records of every ``config.records`` file, as model inputs and targets."""
-    records = [record for path in config.records for record in _read_records(path)]
+def _dataset(config: TrainConfig, records, processor, mask_scale: int, vrts_per_object: int) -> GroundingDataset:
+    """The training records (of every ``config.records`` file), as model inputs and targets."""
     return GroundingDataset(
         records, config.images, processor, mask_scale=mask_scale, vrts_per_object=vrts_per_object,
         sampling=config.vrt_sampling, seed=config.seed, answer_format=config.answer_format,
@@ -123,51 +136,111 @@ def _plan_steps(config: TrainConfig, num_records: int, world: int, rank: int) ->
     return _StepPlan(world, rank, micro_global, steps_per_epoch, total_steps, config.warmup_steps(total_steps))
 
 
+def _refuse_earlier_run(config: TrainConfig) -> None:
+    """Raise ``ValueError`` when a new run (no ``resume``, no ``overwrite``) would share its folder with another.
+
+    Two runs in one folder lose data: the pruner of one deletes the other's checkpoints, and ``metrics.jsonl``
+    mixes both.
+    """
+    if config.resume or config.overwrite:
+        return
+    found = _earlier_run(Path(config.output_dir))
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ValueError(
+            f"output folder {config.output_dir} already holds an earlier run ({shown}): pass --resume to continue "
+            "it, or --overwrite to delete its checkpoints and metrics.jsonl and start a new run there "
+            "(or give another --output-dir)"
+        )
+
+
+def _earlier_run(output_dir: Path) -> list[str]:
+    """What an earlier run left in ``output_dir`` that a new one would mix with: checkpoints, metrics.jsonl."""
+    checkpoints = output_dir / "checkpoints"
+    found = sorted(f"checkpoints/{p.name}" for p in checkpoints.iterdir()) if checkpoints.is_dir() else []
+    return found + (["metrics.jsonl"] if (output_dir / "metrics.jsonl").exists() else [])
+
+
 def _start_step(run: _Run) -> int:
-    """The step to start from: the latest checkpoint's with ``--resume``; else 0, after writing the config."""
+    """Return the number of the last step done, and set the run's id.
+
+    With ``--resume``: the latest checkpoint's step and run id, ``metrics.jsonl`` cut back to that step. Else 0 and
+    a new id, after deleting an earlier run's checkpoints and metrics (``--overwrite``) and writing the config.
+    """
     config, accelerator, output_dir = run.config, run.accelerator, run.output_dir
     if config.resume:
         folder = latest_checkpoint(output_dir)
         if folder is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {output_dir / 'checkpoints'}")
         unwrapped = accelerator.unwrap_model(run.objective)
-        return load_checkpoint(folder, unwrapped, run.optimizer, run.scheduler)["step"]
+        state = load_checkpoint(folder, unwrapped, run.optimizer, run.scheduler)
+        # Checkpoints written before runs had ids carry none: a new id then never prunes them.
+        run.run_id = state.get("run_id") or uuid.uuid4().hex
+        if accelerator.is_main_process:
+            _truncate_metrics(output_dir / "metrics.jsonl", state["step"])
+        return state["step"]
+    run.run_id = uuid.uuid4().hex
     if accelerator.is_main_process:
+        if config.overwrite:
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return 0
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step``: the resumed run logs the later steps again.
+
+    A line cut short by the crash that interrupted the run is dropped too. Rewritten atomically.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 def _train_steps(run: _Run, start_step: int) -> None:
-    """Optimizer steps ``start_step .. total_steps - 1``: log each, checkpoint and evaluate as configured."""
+    """Optimizer steps ``start_step + 1 .. total_steps``: log each, checkpoint and evaluate as configured."""
     config, accelerator, plan = run.config, run.accelerator, run.plan
     eval_records = _read_records(config.eval_records) if config.eval_records and config.eval_every > 0 else None
     log_path = run.output_dir / "metrics.jsonl"
     bar = tqdm(total=plan.total_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     run.objective.train()
-    for step in range(start_step, plan.total_steps):
-        epoch, position = divmod(step, plan.steps_per_epoch)
+    for step in range(start_step + 1, plan.total_steps + 1):
+        epoch, position = divmod(step - 1, plan.steps_per_epoch)
         order = epoch_order(len(run.dataset), config.seed, epoch)
         run.dataset.set_epoch(epoch)
         started = time.perf_counter()
         logged = _optimizer_step(run, step, order, position)
-        done = step + 1
-        record = {"step": done, "epoch": epoch, "lr": run.scheduler.get_last_lr()[0], **logged,
-                  "seconds": round(time.perf_counter() - started, 4), "warmup": step < plan.warmup_steps}
+        record = {"step": step, "epoch": epoch, "lr": run.scheduler.get_last_lr()[0], **logged,
+                  "seconds": round(time.perf_counter() - started, 4), "warmup": step <= plan.warmup_steps}
         if accelerator.is_main_process:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix({k: f"{logged[k]:.3f}" for k in ("loss", "ce", "box_giou", "mask_dice") if k in logged})
             bar.update(1)
-        if config.save_every and done % config.save_every == 0 and done < plan.total_steps:
-            _save(accelerator, run.output_dir, done, run.objective, run.optimizer, run.scheduler)
-        if eval_records and (done % config.eval_every == 0 or done == plan.total_steps):
-            _evaluate_and_log(run, done, eval_records, log_path, bar)
+        if config.save_every and step % config.save_every == 0 and step < plan.total_steps:
+            _save(run, step)
+        if eval_records and (step % config.eval_every == 0 or step == plan.total_steps):
+            _evaluate_and_log(run, step, eval_records, log_path, bar)
     bar.close()
 
 
 def _optimizer_step(run: _Run, step: int, order: np.ndarray, position: int) -> dict[str, float]:
-    """One optimizer step of ``grad_accum`` micro-batches; returns its loss terms (mean over the global batch)."""
+    """Optimizer step ``step`` (from 1), the ``position``-th of its epoch: ``grad_accum`` micro-batches.
+
+    Returns its loss terms (mean over the global batch).
+    """
     config, accelerator, plan = run.config, run.accelerator, run.plan
     logged: dict[str, float] = {}
     for micro in range(config.grad_accum):
@@ -186,13 +259,14 @@ def _optimizer_step(run: _Run, step: int, order: np.ndarray, position: int) -> d
 
 
 def _micro_step(run: _Run, step: int, batch) -> dict[str, torch.Tensor]:
-    """Forward and backward of one micro-batch; the optimizer steps when accelerate syncs gradients."""
+    """Forward and backward of one micro-batch of step ``step`` (from 1); the optimizer steps when accelerate syncs
+    gradients."""
     accelerator, plan = run.accelerator, run.plan
     # Box and score sums are divided by the global object count / world size: DDP then averages
     # gradients into exactly the global mean (see PaDTObjective.forward).
     objects = accelerator.reduce(torch.tensor(float(batch.num_objects), device=accelerator.device), "sum")
     with accelerator.accumulate(run.objective):
-        terms = run.objective(batch, use_gt_prototypes=step < plan.warmup_steps, num_boxes=objects.item() / plan.world)
+        terms = run.objective(batch, use_gt_prototypes=step <= plan.warmup_steps, num_boxes=objects.item() / plan.world)
         check_finite(terms, step)
         accelerator.backward(terms["loss"])
         if accelerator.sync_gradients and run.config.max_grad_norm > 0:
@@ -219,7 +293,7 @@ def _finish(run: _Run) -> Path:
     accelerator.wait_for_everyone()
     final = run.output_dir / "final"
     if accelerator.is_main_process:
-        _save(accelerator, run.output_dir, run.plan.total_steps, run.objective, run.optimizer, run.scheduler)
+        _save(run, run.plan.total_steps)
         _save_final(final, accelerator.unwrap_model(run.objective).model, run.processor)
     accelerator.wait_for_everyone()
     return final
@@ -262,9 +336,11 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _save(accelerator, output_dir: Path, step: int, objective, optimizer, scheduler) -> None:
-    if accelerator.is_main_process:
-        save_checkpoint(output_dir, step, accelerator.unwrap_model(objective), optimizer, scheduler, {})
+def _save(run: _Run, step: int) -> None:
+    """The checkpoint of step ``step`` (main process only), tagged with the run's id for pruning."""
+    if run.accelerator.is_main_process:
+        unwrapped = run.accelerator.unwrap_model(run.objective)
+        save_checkpoint(run.output_dir, step, unwrapped, run.optimizer, run.scheduler, {}, run_id=run.run_id)
 
 
 def _save_final(final: Path, model, processor) -> None:

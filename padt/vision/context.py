@@ -117,3 +117,36 @@ class VisionContext:
             yield self.recorder
         finally:
             self.recorder = None
+
+    def repeated(self, copies: int) -> VisionContext:
+        """The context of a batch of ``copies`` samples that each hold this one-sample context's images.
+
+        Used to ask several questions about one encoded image: every tensor's rows are repeated, nothing of the
+        vision tower runs again, and each copy names only its own rows (so each question's results equal a
+        separate call's).
+        """
+        if self.codec.num_samples != 1:
+            raise ValueError(f"only a one-sample context can be repeated, this one has {self.codec.num_samples}")
+        codec = VRTCodec(
+            self.codec.vocab_size,
+            self.codec.merged_hw * copies,
+            tuple(b for b in range(copies) for _ in self.codec.merged_hw),
+            copies,
+        )
+        mask = codec.logit_mask(self.vrt_mask.device)
+        memory = self.memory
+        return VisionContext(
+            codec=codec,
+            image_embeds=self.image_embeds.repeat(copies, 1),
+            prototypes=self.prototypes.repeat(copies, 1),
+            vrt_mask=mask if bool(self.vrt_mask.any()) else torch.zeros_like(mask),  # text-box models name none
+            memory=DecoderMemory(
+                low_res=memory.low_res.repeat(copies, 1),
+                low_pe=tuple(pe.repeat(copies, 1) for pe in memory.low_pe),
+                high_res=memory.high_res.repeat(copies, 1),
+                high_pe=tuple(pe.repeat(copies, 1) for pe in memory.high_pe),
+                grid_hw=memory.grid_hw.repeat(copies, 1),
+                token_rc=memory.token_rc.repeat(copies, 1),
+            ),
+            grid_thw=self.grid_thw.repeat(copies, 1),
+        )

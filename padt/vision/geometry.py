@@ -4,9 +4,11 @@ them. Nothing else in padt computes a grid.
 Frames, from the user's image to the vision tower's tokens:
 
 * **original pixels** ``(H, W)``: the image the user gives; every box, mask and patch padt returns is in this frame.
-* **resized pixels** ``(H_r, W_r)``: the processor stretches the whole image (no padding, no crop) so that both
-  sides are multiples of one *cell* (``patch_size * merge_size`` px) and the pixel count stays within the budget
-  (Qwen's ``smart_resize``). Because it stretches, a box normalised to the resized image is the same box
+* **resized pixels** ``(H_r, W_r)``: the processor stretches the whole image (no padding, no crop): first, when
+  ``longest_side`` is set, so that its longest side is that many pixels (up or down, as the official PaDT demo
+  does before its processor); then an image with a side shorter than one cell is upscaled to one cell; then both
+  sides become multiples of one *cell* (``patch_size * merge_size`` px) with the pixel count within the budget
+  (Qwen's ``smart_resize``). Because every step stretches, a box normalised to the resized image is the same box
   normalised to the original image.
 * **patch grid** ``(H_p, W_p) = (H_r, W_r) / patch_size``: one vision-tower token per patch (``grid_thw[1:]``).
 * **merged grid** ``(H', W') = (H_p, W_p) / merge_size``: one LLM image token, and so one visual reference token
@@ -228,16 +230,30 @@ class GridSpec:
     merge_size: int = QWEN2_5_VL_MERGE_SIZE
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
+    longest_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.longest_side is not None and self.longest_side < 1:
+            raise ValueError(f"longest_side must be a positive number of pixels or None, got {self.longest_side}")
 
     @property
     def cell_size(self) -> int:
         return self.patch_size * self.merge_size
 
-    def upscaled_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size an image with a side shorter than one cell is first upscaled to (short side = one cell).
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the image is resized to (LANCZOS) before the image processor sees it.
 
-        The official pipeline does the same before the processor sees such images; it keeps the aspect ratio.
+        With ``longest_side`` the longest side becomes ``longest_side`` px, up or down, the other side truncated as
+        the official PaDT demo does; then a side shorter than one cell is upscaled to one cell (the official
+        pipeline does the same). Both keep the aspect ratio; sizes that need no change come back unchanged.
         """
+        if self.longest_side is not None and max(height, width) != self.longest_side:
+            scale = self.longest_side / max(height, width)
+            height, width = max(1, int(height * scale)), max(1, int(width * scale))
+        return self.upscaled_size(height, width)
+
+    def upscaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image with a side shorter than one cell is upscaled to (short side = one cell)."""
         cell, short = self.cell_size, min(height, width)
         if short >= cell:
             return height, width
@@ -254,19 +270,23 @@ class GridSpec:
 
         if height <= 0 or width <= 0:
             raise ValueError(f"image size must be positive, got height={height}, width={width}")
-        up_h, up_w = self.upscaled_size(height, width)
+        up_h, up_w = self.input_size(height, width)
         resized = smart_resize(
             up_h, up_w, factor=self.cell_size, min_pixels=self.min_pixels, max_pixels=self.max_pixels
         )
         return ImageGeometry((height, width), (int(resized[0]), int(resized[1])), self.patch_size, self.merge_size)
 
     def to_dict(self) -> dict[str, int]:
-        return {
+        """The settings as a dict; ``longest_side`` only when set (records written before it existed stay valid)."""
+        data = {
             "patch_size": self.patch_size,
             "merge_size": self.merge_size,
             "min_pixels": self.min_pixels,
             "max_pixels": self.max_pixels,
         }
+        if self.longest_side is not None:
+            data["longest_side"] = self.longest_side
+        return data
 
 
 def image_geometry(height: int, width: int, **settings: int) -> ImageGeometry:

@@ -98,3 +98,15 @@ def test_options_crowd_exclusion_max_side_and_image_filter(coco_files: dict[str,
 def test_without_images_dir_nothing_is_opened(coco_files: dict[str, Any]) -> None:
     records, summary = convert_coco(coco_files["instances"], None, "val", progress=False)
     assert "image_missing" not in summary.skipped and len(records) == 5  # only the too-large image is skipped
+
+
+@pytest.mark.parametrize("file_name", ["../../etc/passwd", "/etc/hostname", "a/../../outside.png"])
+def test_file_names_that_leave_the_images_folder_are_refused(coco_files: dict[str, Any], tmp_path, file_name) -> None:
+    data = json.loads(open(coco_files["instances"]).read())
+    data["images"][0]["file_name"] = file_name
+    crafted = tmp_path / "crafted.json"
+    crafted.write_text(json.dumps(data))
+    records, summary = convert_coco(crafted, coco_files["images"], "val", progress=False)
+    assert summary.skipped["image_outside_root"] == 1
+    assert all(r.image != file_name for r in records)
+    assert "image_outside_root" in summary.table()

@@ -15,9 +15,11 @@ import pytest
 from padt.datasets.coco import convert_coco
 from padt.datasets.refcoco import (
     convert_refcoco,
+    convert_vlm_r1_split,
     drop_overlap,
     find_overlap,
     load_refs,
+    read_vlm_r1_split,
     split_matches,
 )
 from padt.text.prompts import rec_answer_template, rec_prompt
@@ -156,3 +158,59 @@ def test_leakage_guard(refcoco_files: dict[str, Any]) -> None:
         refcoco_files["refs"], refcoco_files["instances"], None, "val", exclude_image_ids={1}, progress=False
     )
     assert records == [] and summary.skipped["image_overlap"] == 1
+
+
+# ---- VLM-R1's rec_jsons_processed split files ----------------------------------------------------------------------
+def vlm_r1_item(image_id: int, caption: str, solution: list[float] | None = None, folder: str = "") -> dict[str, Any]:
+    """An item as VLM-R1's files hold it (the fields padt does not read included)."""
+    item = {"image": f"{folder}COCO_train2014_{image_id:012d}.jpg", "normal_caption": caption,
+            "problem": f"Please provide the bounding box coordinate of the region this sentence describes: {caption}.",
+            "normalized_solution": [0, 0, 0, 0]}
+    if solution is not None:
+        item["solution"] = solution
+    return item
+
+
+def test_vlm_r1_split_file_gives_one_record_per_item(refcoco_files: dict[str, Any]) -> None:
+    refs = [*refcoco_files["ref_list"],  # a second ref with ref 1's first sentence: the dog in cell (0, 3)
+            {"ref_id": 8, "ann_id": 15, "image_id": 1, "split": "train", "category_id": 2,
+             "sentences": [sentence("the man on the left", 9)]}]
+    items = [
+        vlm_r1_item(1, "the man on the left", [84, 0, 112, 28]),  # closest to ref 8's box
+        vlm_r1_item(1, "the man on the left", [28, 0, 56, 56], folder="train2014/"),  # ref 1's
+        vlm_r1_item(1, "thin line"),  # ref 5: its mask selects no cell
+        vlm_r1_item(2, "lost"),  # ref 4: its image is missing
+        vlm_r1_item(1, "a unicorn"),  # no such sentence
+        vlm_r1_item(1, "The man on the  left"),  # no solution: the later ref, listed a second time
+        vlm_r1_item(1, 'man "in" red'),
+    ]
+    split_file = refcoco_files["root"] / "refcoco_train.json"
+    split_file.write_text(json.dumps(items))
+    records, summary = convert_vlm_r1_split(
+        split_file, refs, refcoco_files["instances"], refcoco_files["images"], "train", progress=False
+    )
+    assert [r.id for r in records] == ["refcoco-8-9", "refcoco-1-1", "refcoco-8-9-2", "refcoco-1-2"]
+    assert [r.objects[0].patches for r in records] == [[3], [1, 5], [3], [1, 5]]
+    assert records[3].prompt == rec_prompt("man 'in' red") and records[0].image == "a.png"
+    assert summary.skipped["vlm_r1_ref_skipped"] == 2 and summary.skipped["vlm_r1_unmatched"] == 1
+    assert summary.records == summary.objects == 4
+    assert "7 VLM-R1 items, 4 records" in summary.notes[-1] and "x 4/7" in summary.notes[-1]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"image": "a.png", "normal_caption": "x"}, "item 0: field 'image': expected a COCO file name ending in _"),
+        ({"image": "COCO_train2014_000000000001.jpg"}, "item 0: field 'normal_caption'"),
+        ({"image": "COCO_train2014_1.jpg", "normal_caption": "x", "solution": [1, 2]}, "item 0: field 'solution'"),
+        ("COCO_train2014_1.jpg", "item 0: expected an object, got str"),
+    ],
+)
+def test_vlm_r1_split_file_errors_name_the_item_and_field(tmp_path: Path, item: Any, message: str) -> None:
+    path = tmp_path / "refcoco_val.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=message):
+        read_vlm_r1_split(path)
+    path.write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(ValueError, match="expected a JSON list of items"):
+        read_vlm_r1_split(path)

@@ -21,13 +21,21 @@ import numpy as np
 import pytest
 
 from padt.datasets.records import GroundingObject, GroundingRecord, read_jsonl
-from padt.evaluation import evaluate, parse_tasks, strip_grounding, teacher_forced_answer
+from padt.evaluation import (
+    evaluate,
+    paper_gt_box,
+    paper_pred_box,
+    parse_tasks,
+    strip_grounding,
+    teacher_forced_answer,
+)
 from padt.results import GroundedObject, GroundedOutput
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 from padt.text.answer_formats import get_answer_format
 from padt.text.prompts import render_answer
+from padt.vision.geometry import GridSpec
 from padt.vision.images import load_image
-from padt.vision.masks import rle_to_mask
+from padt.vision.masks import mask_to_rle, rle_to_mask
 
 HERE = Path(__file__).resolve().parent
 WORLD_SIZE = 2
@@ -215,9 +223,151 @@ def test_input_errors(data: dict[str, Any], pipe) -> None:
     moved = [GroundingRecord(**{**vars(records[0]), "image": "missing.png"})]
     with pytest.raises(FileNotFoundError, match="missing.png"):
         evaluate(FakePipeline(records, images), moved, images, "rec", progress=False)
-    other_grid = [GroundingRecord(**{**vars(records[0]), "grid": type(records[0].grid)()})]
+    # A budget of 2 x 2 cells puts the 112-px image on another merged grid than the tiny processor's 4 x 4.
+    other_grid = [GroundingRecord(**{**vars(records[0]), "grid": GridSpec(max_pixels=56 * 56)})]
     with pytest.raises(ValueError, match="--min-pixels"):
         evaluate(pipe, other_grid, images, "rec", mode="teacher_forced", progress=False)
+
+
+# ---- the paper's protocol: hand-computed cases -------------------------------------------------------------------
+class ScriptedPipeline:
+    """Answers each prompt with the objects given for it; records the size of every image it is shown."""
+
+    def __init__(self, answers: dict[str, list[GroundedObject]]):
+        self.answers, self.batch_size, self.seen = answers, 4, []
+        self.answer_format, self.vrts_per_object = get_answer_format("vrt"), 5
+
+    def ask(self, images, prompts, *, require_labels: bool = True, **generate_kwargs) -> list[GroundedOutput]:
+        # The pipeline loads what it is given again (EXIF applied): the size it would work on.
+        self.seen += [load_image(image).size for image in images]
+        return [GroundedOutput("", list(self.answers[p]), [], [(i.height, i.width)]) for i, p in zip(
+            images, prompts, strict=True)]
+
+
+def rec_record(root: Path, rid: str, label: str, bbox: list[float], hw=(20, 20), image="img.png", mask=None,
+               image_id: int | None = 7) -> GroundingRecord:
+    """A REC record on a grey ``hw`` image under ``root`` (written once); ``mask`` defaults to the box."""
+    if not (root / image).exists():
+        write_image(root / image, hw)
+    if mask is None:
+        mask = np.zeros(hw, dtype=bool)
+        mask[round(bbox[1] * hw[0]):round(bbox[3] * hw[0]), round(bbox[0] * hw[1]):round(bbox[2] * hw[1])] = True
+    obj = GroundingObject([0], bbox, label, mask_to_rle(mask), 0, float(mask.sum()))
+    return GroundingRecord(rid, image, "rec", f'prompt {rid}', f'The "{label}" refers to <|Obj_0|> in this image.',
+                           [obj], hw, GridSpec(), image_id)
+
+
+def write_image(path: Path, hw: tuple[int, int], exif_orientation: int | None = None) -> None:
+    from PIL import Image
+
+    pixels = np.zeros((*hw, 3), dtype=np.uint8)
+    pixels[: hw[0] // 2] = 200  # top half light: a rotation would show
+    image = Image.fromarray(pixels)
+    if exif_orientation is None:
+        image.save(path)
+        return
+    exif = Image.Exif()
+    exif[0x0112] = exif_orientation
+    image.save(path, exif=exif.tobytes(), quality=95)
+
+
+def columns(hw: tuple[int, int], start: int, stop: int) -> np.ndarray:
+    mask = np.zeros(hw, dtype=bool)
+    mask[:, start:stop] = True
+    return mask
+
+
+def test_paper_protocol_needs_the_label_to_equal_the_sentence(tmp_path: Path) -> None:
+    record = rec_record(tmp_path, "r", "the cat", [0.1, 0.1, 0.5, 0.5])
+    right_box = (2.0, 2.0, 10.0, 10.0)  # the GT box in pixels of the 20 x 20 image
+    for label, paper in (("a dog", 0.0), ("the cat", 1.0)):
+        pipe = ScriptedPipeline({"prompt r": [GroundedObject(label, [0], right_box, 0.9)]})
+        ours = evaluate(pipe, [record], tmp_path, "rec", progress=False).metrics
+        theirs = evaluate(pipe, [record], tmp_path, "rec", progress=False, protocol="paper").metrics
+        assert ours["rec/acc@0.5"] == 1.0  # ours matches by record: the label does not matter
+        assert theirs["rec/acc@0.5"] == theirs["rec/mean_iou"] == paper
+
+
+def test_paper_res_takes_the_best_label_matched_mask(tmp_path: Path) -> None:
+    hw = (20, 20)
+    record = rec_record(tmp_path, "r", "the cat", [0.0, 0.0, 0.5, 1.0], mask=columns(hw, 0, 10))  # 200 px
+    objects = [
+        GroundedObject("the cat", [0], (5, 0, 15, 20), 0.9, columns(hw, 5, 15)),  # I 100 / U 300 = 1/3
+        GroundedObject("the cat", [0], (0, 0, 5, 20), 0.8, columns(hw, 0, 5)),  # I 100 / U 200 = 1/2
+        GroundedObject("a dog", [0], (0, 0, 10, 20), 0.7, columns(hw, 0, 10)),  # exact, but another label
+    ]
+    pipe = ScriptedPipeline({"prompt r": objects})
+    ours = evaluate(pipe, [record], tmp_path, "rec,res", progress=False).metrics
+    theirs = evaluate(pipe, [record], tmp_path, "rec,res", progress=False, protocol="paper").metrics
+    assert ours["res/giou"] == pytest.approx(1 / 3)  # ours: the answer's first object
+    assert theirs["res/giou"] == pytest.approx(0.5) and theirs["res/ciou"] == pytest.approx(0.5)
+    assert ours["rec/mean_iou"] == 1.0 and theirs["rec/mean_iou"] == pytest.approx(0.5)  # boxes alike
+
+
+def test_paper_pools_one_image_and_label_and_the_later_gt_wins(tmp_path: Path) -> None:
+    # Two records on one image with the same sentence: the script keeps the later GT box and pools the answers.
+    first = rec_record(tmp_path, "a", "the cat", [0.0, 0.0, 0.25, 0.25])
+    second = rec_record(tmp_path, "b", "the cat", [0.5, 0.5, 1.0, 1.0])
+    pipe = ScriptedPipeline({"prompt a": [GroundedObject("the cat", [0], (0, 0, 5, 5), 0.9)], "prompt b": []})
+    ours = evaluate(pipe, [first, second], tmp_path, "rec", progress=False).metrics
+    theirs = evaluate(pipe, [first, second], tmp_path, "rec", progress=False, protocol="paper").metrics
+    assert ours["rec/acc@0.5"] == 0.5  # a right, b unanswered
+    assert theirs["rec/acc@0.5"] == 0.0  # both scored against b's box, which a's answer misses
+
+
+def test_paper_boxes_are_rounded_to_pixels() -> None:
+    # x, y, w, h each rounded, half to even (Python's round, as the scripts): x 2.5 -> 2, w 10.4 -> 10, so x2 is
+    # 12 where rounding x2 = 12.9 itself would give 13.
+    assert paper_gt_box([0.125, 0.2, 0.645, 0.75], 100, 20) == [2, 20, 12, 75]
+    assert paper_pred_box((9.6, 9.6, 13.6, 13.6)) == [10, 10, 14, 14]
+
+
+def test_paper_ovd_scores_integer_gt_boxes(tmp_path: Path) -> None:
+    write_image(tmp_path / "img.png", (100, 100))
+    obj = GroundingObject([0], [0.104, 0.104, 0.144, 0.144], "cat", None, 0, 16.0)  # 10.4 .. 14.4 px
+    record = GroundingRecord("o", "img.png", "ovd", 'Please carefully check the image and detect the following '
+                             'objects: ["cat"].', 'There is 1 "cat" (<|Obj_0|>) in this image.', [obj], (100, 100),
+                             GridSpec(), 1)
+    # Rounded as the script rounds it, the prediction is the GT box [10, 10, 4, 4]; in float pixels IoU 0.47.
+    pipe = ScriptedPipeline({record.prompt: [GroundedObject("Cat", [0], (9.6, 9.6, 13.6, 13.6), 0.9)]})
+    ours = evaluate(pipe, [record], tmp_path, "ovd", progress=False)
+    theirs = evaluate(pipe, [record], tmp_path, "ovd", progress=False, protocol="paper")
+    assert ours.metrics["ovd/bbox_AP"] == 0.0
+    assert theirs.metrics["ovd/bbox_AP"] == pytest.approx(1.0) and "ovd/segm_AP" not in theirs.metrics
+    assert theirs.coco_results[0]["bbox"] == [10, 10, 4, 4] and "segmentation" not in theirs.coco_results[0]
+
+
+def test_paper_ovd_gt_is_the_records_objects(data: dict[str, Any]) -> None:
+    # The original annotations with one more object than the records (as a category over the 50-instance
+    # limit would be): a miss for ours against --instances, absent from the paper's preprocessed GT.
+    records, images = data["ovd"][:2], data["images"]
+    instances = json.loads((data["root"] / "instances.json").read_text())
+    extra = {**instances["annotations"][0], "id": 10**6, "image_id": records[0].image_id, "bbox": [0, 0, 9, 9]}
+    instances["annotations"].append(extra)
+    fake = FakePipeline(records, images)
+    ours = evaluate(fake, records, images, "ovd", instances=instances, progress=False).metrics
+    theirs = evaluate(fake, records, images, "ovd", instances=instances, progress=False, protocol="paper")
+    assert ours["ovd/bbox_AR100"] < 1.0
+    assert theirs.metrics["ovd/bbox_AR100"] == pytest.approx(1.0)
+    ids = {c["name"]: c["id"] for c in instances["categories"]}
+    assert {d["category_id"] for d in theirs.coco_results} <= set(ids.values())
+
+
+def test_paper_reads_stored_pixels_without_exif_orientation(tmp_path: Path) -> None:
+    write_image(tmp_path / "turned.jpg", (20, 40), exif_orientation=6)  # stored 20 x 40; EXIF: rotate to 40 x 20
+    record = rec_record(tmp_path, "r", "the cat", [0.0, 0.0, 0.5, 0.5], hw=(20, 40), image="turned.jpg")
+    assert load_image(tmp_path / "turned.jpg").size == (20, 40)  # (w, h): padt's loader applies the orientation
+    pipe = ScriptedPipeline({"prompt r": [GroundedObject("the cat", [0], (0, 0, 20, 10), 0.9)]})
+    result = evaluate(pipe, [record], tmp_path, "rec", progress=False, protocol="paper")
+    assert result.metrics["rec/acc@0.5"] == 1.0 and pipe.seen == [(40, 20)]  # the stored 40 (w) x 20 (h)
+    with pytest.raises(ValueError, match="EXIF orientation 6.*--protocol paper"):
+        evaluate(pipe, [record], tmp_path, "rec", progress=False)
+
+
+def test_unknown_protocol_is_refused(data: dict[str, Any]) -> None:
+    records = data["rec"][:1]
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        evaluate(FakePipeline(records, data["images"]), records, data["images"], "rec", protocol="vlm", progress=False)
 
 
 # ---- the real tiny model ---------------------------------------------------------------------------------------
@@ -278,12 +428,15 @@ def _distributed_worker(index: int, rank_offset: int, init_file: str, root: str,
 
 
 def _run_all(root: Path) -> dict[str, Any]:
-    """REC/RES and OVD with noisy answers; 5 REC records and 6 OVD records: shards of unequal size."""
+    """REC/RES and OVD with noisy answers, under both protocols; 5 REC records and 6 OVD records: shards of unequal
+    size (the paper's keyed REC/RES gathers its samples and must give the single-process numbers)."""
     out: dict[str, Any] = {}
     rec, ovd = _read(root, "rec")[:5], _read(root, "ovd")
-    for name, records, task in (("rec", rec, "rec,res"), ("ovd", ovd, "ovd")):
+    runs = (("rec", rec, "rec,res", "padt"), ("ovd", ovd, "ovd", "padt"), ("rec_paper", rec, "rec,res", "paper"),
+            ("ovd_paper", ovd, "ovd", "paper"))
+    for name, records, task, protocol in runs:
         result = evaluate(FakePipeline(records, root / "images", "noisy"), records, root / "images", task,
-                          progress=False)
+                          progress=False, protocol=protocol)
         out[name] = {"metrics": result.metrics, "ids": [p["id"] for p in result.predictions],
                      "detections": len(result.coco_results)}
     return out

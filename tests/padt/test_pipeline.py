@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from padt import GroundedObject, GroundedOutput, PaDTPipeline
 from padt.processing import PaDTProcessor
+from padt.testing import forced_answer_kwargs as forced_kwargs
 from padt.testing import tiny_pipeline
 from padt.text.prompts import rec_prompt
 
@@ -37,33 +37,6 @@ def pipe() -> PaDTPipeline:
 @pytest.fixture(scope="module")
 def image() -> Image.Image:
     return noise(112, 168)  # 4 x 6 merged cells: 24 VRTs
-
-
-class ForceAnswer(LogitsProcessor):
-    """Makes generate write given (batch-global) ids row by row, then eos: a model that answers as we say."""
-
-    def __init__(self, scripts: list[list[int]], prompt_length: int, eos_id: int) -> None:
-        self.scripts, self.prompt_length, self.eos_id = scripts, prompt_length, eos_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_length
-        forced = torch.full_like(scores, float("-inf"))
-        for row, script in enumerate(self.scripts):
-            forced[row, script[step] if step < len(script) else self.eos_id] = 0.0
-        return forced
-
-
-def forced_kwargs(pipe, images, prompts, answers, offsets):
-    """generate kwargs that make the pipeline's model write ``answers`` (local VRTs shifted by ``offsets``)."""
-    processor = pipe.processor
-    vocab = processor.vrt_id_start
-    prompt_length = processor(images, prompts)["input_ids"].shape[1]
-    scripts = [
-        [t + offset if t >= vocab else t for t in processor.encode_text(answer)]
-        for answer, offset in zip(answers, offsets)
-    ]
-    force = ForceAnswer(scripts, prompt_length, processor.eos_token_id)
-    return dict(logits_processor=LogitsProcessorList([force]), max_new_tokens=max(map(len, scripts)) + 1)
 
 
 def assert_object_in_image(obj: GroundedObject, hw: tuple[int, int]) -> None:
@@ -205,7 +178,7 @@ def test_invalid_requests_are_value_errors(pipe, image):
         pipe.detect([image], [["cat"], ["dog"]])
     with pytest.raises(ValueError, match="got 1 images but 2 prompts"):
         pipe.ask([image], ["a", "b"])
-    with pytest.raises(ValueError, match="empty list of images"):
+    with pytest.raises(ValueError, match="got no images"):
         pipe.caption([])
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         pipe.ask([image], [""])
@@ -248,3 +221,65 @@ def test_generated_text_is_decoded_without_special_tokens_like_every_path(pipe, 
     out = pipe.refer(image, "the dot", **forced_kwargs(pipe, [image], [prompt], [written], [0]))
     assert out.text == 'The "the dot" refers to <|VRT_4|> in this image.'
     assert [o.patches for o in out.objects] == [[4]]
+
+
+# ---- many questions, many images ---------------------------------------------------------------------------
+def test_several_expressions_about_one_image_equal_separate_calls(pipe, image):
+    expressions = ["the red circle", "the blue square", "the dot"]
+    together = pipe.refer(image, expressions)
+    assert isinstance(together, list) and len(together) == 3
+    for expression, out in zip(expressions, together, strict=True):
+        alone = pipe.refer(image, expression)
+        assert out.text == alone.text and out.problems == alone.problems
+        assert [o.box for o in out.objects] == pytest.approx([o.box for o in alone.objects], abs=1e-5)
+    lists = [["circle"], ["square", "dot"]]
+    assert [o.text for o in pipe.detect(image, lists)] == [pipe.detect(image, c).text for c in lists]
+
+
+def test_a_generator_of_images_is_accepted_and_map_yields_in_order(pipe, image):
+    images = [noise(56, 56, seed) for seed in range(5)]
+    expected = [o.text for o in pipe.caption(images)]
+    assert [o.text for o in pipe.caption(i for i in images)] == expected
+    pipe.batch_size, old = 2, pipe.batch_size
+    try:
+        lazy = pipe.map((i for i in images), task="caption", progress=False)
+        first = next(lazy)  # only the first chunk is generated so far
+        assert first.text == expected[0]
+        assert [first.text] + [o.text for o in lazy] == expected
+        refer = list(pipe.map(images, task="refer", expression="the dot", progress=False))
+        assert [o.text for o in refer] == [o.text for o in pipe.refer(images, "the dot")]
+    finally:
+        pipe.batch_size = old
+    with pytest.raises(ValueError, match="needs categories"):
+        next(pipe.map(images, task="detect"))
+    with pytest.raises(ValueError, match="got no images"):
+        pipe.caption(iter([]))
+
+
+# ---- streaming ---------------------------------------------------------------------------------------------
+def test_a_streamer_gets_readable_text_and_every_object_once(pipe, image):
+    prompt = "Please detect circles and squares."
+    answer = 'In this image, there are 2 "circle" (<|VRT_0|><|VRT_1|><|VRT_7|>, <|VRT_23|>), 1 "square" (<|VRT_5|>).'
+    events = []
+    forced = forced_kwargs(pipe, [image], [prompt], [answer], [0])
+    final = pipe.ask([image], [prompt], streamer=events.append, **forced)[0]
+    texts = [e for e in events if isinstance(e, str)]
+    objects = [e for e in events if isinstance(e, GroundedObject)]
+    assert "".join(texts) == final.text == answer and len(texts) > 3  # piece by piece
+    assert len(objects) == len(final.objects) == 3
+    for streamed, kept in zip(objects, final.objects, strict=True):
+        assert (streamed.label, streamed.patches) == (kept.label, kept.patches)
+        assert streamed.box == pytest.approx(kept.box, abs=1e-4) and abs(streamed.score - kept.score) < 1e-5
+        assert (streamed.mask != kept.mask).mean() < 1e-3
+    # each object arrives as soon as its run ends: before the text that follows it is complete
+    first_object = events.index(objects[0])
+    assert "".join(e for e in events[:first_object] if isinstance(e, str)).endswith("<|VRT_7|>,")
+
+
+def test_streaming_is_refused_for_several_questions_and_works_for_a_given_answer(pipe, image):
+    with pytest.raises(ValueError, match="one question at a time"):
+        pipe.refer([image, image], "the dot", streamer=print)
+    events = []
+    answer = 'The "dot" refers to <|VRT_3|><|VRT_4|> in this image.'
+    out = pipe.decode_answer(image, answer, rec_prompt("dot"), streamer=events.append)
+    assert events == [out.text, *out.objects]

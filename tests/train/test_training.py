@@ -15,9 +15,11 @@ from safetensors.torch import load_file
 
 import padt.train.loop as loop_module
 from padt.datasets.records import read_jsonl, write_jsonl
+from padt.datasets.synthetic_records import convert_synthetic
 from padt.datasets.training import GroundingCollator, GroundingDataset
 from padt.losses import PaDTCriterion
 from padt.pipeline import PaDTPipeline
+from padt.processing import PaDTProcessor
 from padt.testing import tiny_pipeline
 from padt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from padt.train.config import TrainConfig
@@ -98,6 +100,53 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path: Path, mon
     assert latest_checkpoint(tmp_path).name == "step-0000002"
 
 
+def _tiny_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def test_pruning_removes_only_older_checkpoints_of_the_same_run(tmp_path: Path) -> None:
+    model, optimizer, scheduler = _tiny_optimizer()
+    for step in (16, 20):  # an earlier, longer run in the same folder
+        save_checkpoint(tmp_path, step, model, optimizer, scheduler, {}, run_id="old")
+    names = lambda: sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))  # noqa: E731
+    save_checkpoint(tmp_path, 4, model, optimizer, scheduler, {}, run_id="new")
+    save_checkpoint(tmp_path, 8, model, optimizer, scheduler, {}, run_id="new")
+    # Name order would have kept step-16 and step-20 and deleted both of the new run's checkpoints.
+    assert names() == ["step-0000004", "step-0000008", "step-0000016", "step-0000020"]
+    assert load_checkpoint(latest_checkpoint(tmp_path), model, optimizer, scheduler)["run_id"] == "new"
+    save_checkpoint(tmp_path, 12, model, optimizer, scheduler, {}, run_id="new")
+    assert names() == ["step-0000008", "step-0000012", "step-0000016", "step-0000020"]
+    assert latest_checkpoint(tmp_path).name == "step-0000012"
+
+
+def test_overwrite_starts_a_new_run_that_resumes(synthetic_records, images_dir, tmp_path: Path) -> None:
+    records = synthetic_records["rec_train"]
+    train(_config(records, images_dir, tmp_path, max_steps=4, save_every=1))
+    train(_config(records, images_dir, tmp_path, max_steps=2, save_every=1, overwrite=True))
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["latest", "step-0000001", "step-0000002"]
+    assert sorted(_losses(tmp_path)) == [1, 2]
+    train(_config(records, images_dir, tmp_path, max_steps=3, save_every=1, resume=True))
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert latest_checkpoint(tmp_path).name == "step-0000003"
+
+
+def test_metrics_after_a_resume_hold_each_step_once(synthetic_records, images_dir, tmp_path: Path) -> None:
+    train(_config(synthetic_records["rec_train"], images_dir, tmp_path, save_every=2))
+    before = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    # The run died after logging steps 3 and 4 but before their checkpoint (and with half a line written).
+    shutil.rmtree(tmp_path / "checkpoints" / "step-0000004")
+    (tmp_path / "checkpoints" / "latest").write_text("step-0000002")
+    with (tmp_path / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "lo')
+    train(_config(synthetic_records["rec_train"], images_dir, tmp_path, save_every=2, resume=True))
+    after = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in after] == [1, 2, 3, 4]
+    assert after[:2] == [json.loads(line) for line in before[:2]]
+
+
 def test_samples_without_objects_train_on_text_alone(no_object_records, images_dir, tmp_path: Path) -> None:
     train(_config(no_object_records, images_dir, tmp_path, max_steps=2))
     rows = _losses(tmp_path)
@@ -113,7 +162,7 @@ def test_clear_errors(synthetic_records, images_dir, tmp_path: Path, monkeypatch
     empty.write_text("")
     with pytest.raises(ValueError, match="holds no records"):
         train(_config(empty, images_dir, tmp_path / "b"))
-    with pytest.raises(FileNotFoundError, match="image file not found"):
+    with pytest.raises(FileNotFoundError, match=r"of the \d+ images named by the records are missing under .*no-im"):
         train(_config(synthetic_records["rec_train"], tmp_path / "no-images", tmp_path / "c"))
 
     original = PaDTCriterion.forward
@@ -124,7 +173,7 @@ def test_clear_errors(synthetic_records, images_dir, tmp_path: Path, monkeypatch
         return terms
 
     monkeypatch.setattr(PaDTCriterion, "forward", poisoned)
-    with pytest.raises(ValueError, match=r"step 0: loss term 'box_giou' is not finite"):
+    with pytest.raises(ValueError, match=r"step 1: loss term 'box_giou' is not finite"):
         train(_config(synthetic_records["rec_train"], images_dir, tmp_path / "d"))
 
 
@@ -230,11 +279,17 @@ def test_training_starts_from_a_released_checkpoint_layout(synthetic_records, im
         sys.path.pop(0)
     (tmp_path / "official").mkdir()
     write_tiny_official_checkpoint(tmp_path / "official")
-    config = _config(synthetic_records["rec_train"], images_dir, tmp_path / "run", max_steps=1, tiny=False,
-                     model=str(tmp_path / "official"))
+    # Released checkpoints resize every image to a 644-px longest side: their records are converted for that grid.
+    grid = PaDTProcessor.from_pretrained(tmp_path / "official").grid_spec
+    assert grid.longest_side == 644
+    records = convert_synthetic(tmp_path / "scenes", 4, seed=3, grid=grid, progress=False, report=False,
+                                image_size=(112, 112), object_size=(28, 56), val_fraction=0.25)
+    config = _config(records["rec_train"], records["rec_train"].parent / "images", tmp_path / "run", max_steps=1,
+                     tiny=False, model=str(tmp_path / "official"))
     final = train(config)
     pipe = PaDTPipeline.from_pretrained(final)
     assert pipe.model.config.patch_order == "official" and pipe.model.config.vrt_norm_eps == 1e-5
+    assert pipe.processor.longest_side == 644  # saved with the fine-tuned model
 
 
 def test_the_tiny_model_overfits_a_few_samples(synthetic_records, images_dir, tmp_path: Path) -> None:

@@ -76,6 +76,29 @@ def test_refcoco_with_leakage_guard(coco_files: dict[str, Any], capsys: pytest.C
     assert len(read_jsonl(guarded)) == 2
 
 
+def test_refcoco_reads_a_vlm_r1_split_file(coco_files: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    refs = [{"ref_id": 1, "ann_id": 10, "image_id": 1, "split": "val", "category_id": 1,
+             "sentences": [{"sent": "the man", "sent_id": 1}, {"sent": "a person", "sent_id": 2}]}]
+    refs_path = coco_files["root"] / "refs(unc).p"
+    refs_path.write_bytes(pickle.dumps(refs))
+    # VLM-R1's rec_jsons_processed layout: a JSON list; padt reads image (for the id) and normal_caption.
+    split_file = coco_files["root"] / "refcoco_val.json"
+    split_file.write_text(json.dumps([
+        {"image": "COCO_train2014_000000000001.jpg", "normal_caption": "a person", "problem": "...",
+         "solution": [28, 0, 56, 56]},
+        {"image": "COCO_train2014_000000000001.jpg", "normal_caption": "the woman", "solution": [0, 0, 9, 9]},
+    ]))
+    out = coco_files["root"] / "rec.jsonl"
+    base = ["convert", "refcoco", "--refs", str(refs_path), "--instances", str(coco_files["instances"]),
+            "--images", str(coco_files["images"]), "--split", "val", "--out", str(out), "--quiet"]
+    assert run([*base, "--vlm-r1-split", str(split_file)]) == 0
+    assert [r.id for r in read_jsonl(out)] == ["refcoco-1-2"]
+    printed = capsys.readouterr().out
+    assert "vlm_r1_unmatched" in printed and "2 VLM-R1 items, 1 records" in printed
+    with pytest.raises(FileNotFoundError, match="--vlm-r1-split: file not found"):
+        run([*base, "--vlm-r1-split", str(coco_files["root"] / "nope.json")])
+
+
 def test_synthetic_writes_scenes_and_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "synthetic"
     assert run(["convert", "synthetic", "--out", str(out), "--images", "10", "--seed", "4", "--val-fraction", "0.3",

@@ -125,3 +125,48 @@ def test_quickstart_script_runs(tmp_path, monkeypatch, capsys):
     assert np.asarray(Image.open(tmp_path / "qs.png")).shape[:2] == (2 * (320 + 24), 2 * 320)
     printed = capsys.readouterr().out
     assert "detect circle, square, triangle:" in printed and "caption:" in printed
+
+
+def test_a_folder_with_a_corrupt_file_writes_the_others_and_reports_it(model_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((56, 84, 3), 60 * i, dtype=np.uint8)).save(photos / f"p{i}.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (photos / "notes.txt").write_text("not an image suffix: not taken from the folder")
+    out = tmp_path / "results"
+    code = main(["predict", "--model", str(model_dir), "--image", str(photos), "--caption", "--out-dir", str(out),
+                 "--max-new-tokens", "4"])
+    captured = capsys.readouterr()
+    assert code == 1 and "skipped" in captured.err and "broken.png" in captured.err
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [Path(line["image"]).name for line in lines] == ["p0.png", "p1.png", "p2.png"]  # in order
+    assert all((out / f"p{i}.padt.png").is_file() for i in range(3))
+    assert "3 images" in captured.out
+
+
+def test_several_images_and_globs_need_an_out_dir(model_dir, tmp_path, image_path):
+    other = tmp_path / "second.png"
+    Image.fromarray(np.zeros((56, 56, 3), dtype=np.uint8)).save(other)
+    assert main(["predict", "--model", str(model_dir), "--image", str(image_path), "--image", str(other),
+                 "--caption"]) == 2
+    assert main(["predict", "--model", str(model_dir), "--image", str(tmp_path / "*.png"), "--caption",
+                 "--out-dir", str(tmp_path / "o"), "--max-new-tokens", "3", "--longest-side", "none"]) == 0
+    assert len((tmp_path / "o" / "predictions.jsonl").read_text().splitlines()) == 2
+    assert main(["predict", "--model", str(model_dir), "--image", str(tmp_path / "nothing*.jpg"), "--caption"]) == 2
+
+
+def test_model_options_reach_the_pipeline(model_dir):
+    from padt.cli import build_parser
+    from padt.cli.options import pipeline_options
+
+    parser = build_parser()
+    args = parser.parse_args(["predict", "--image", "x.png", "--caption"])
+    assert pipeline_options(args) == {}  # the model folder decides
+    args = parser.parse_args(["predict", "--image", "x.png", "--caption", "--longest-side", "644",
+                              "--max-new-tokens", "9"])
+    assert pipeline_options(args) == {"longest_side": 644, "max_new_tokens": 9}
+    assert pipeline_options(parser.parse_args(["eval", "--model", "m", "--records", "r", "--images", "i",
+                                                "--task", "rec", "--longest-side", "None"])) == {"longest_side": None}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--longest-side", "0"])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from padt import PaDTForConditionalGeneration, PaDTPipeline
 from padt.cli import main
-from padt.official.checkpoint import demo_resize, is_official_layout, translate_config
+from padt.official.checkpoint import is_official_layout, translate_config
 from padt.official.weights import decoder_name_map, model_weight_shapes, official_to_ours
 
 _spec = importlib.util.spec_from_file_location("padt_official_fixture", Path(__file__).with_name("official_fixture.py"))
@@ -250,6 +250,38 @@ def test_official_order_is_used_and_matters(official_pipe, image):
     assert official.box != raster.box
 
 
-def test_demo_resize_follows_the_official_demo():
-    assert demo_resize(Image.new("RGB", (1288, 966))).size == (644, 483)
-    assert demo_resize(Image.new("RGB", (100, 50))).size == (644, 322)  # the demo scales small images up too
+def test_longest_side_follows_the_official_demo():
+    from padt.vision.geometry import GridSpec
+
+    spec = GridSpec(longest_side=644)
+    assert spec.input_size(966, 1288) == (483, 644)
+    assert spec.input_size(50, 100) == (322, 644)  # the demo scales small images up too
+    assert spec.input_size(644, 300) == (644, 300) and GridSpec().input_size(966, 1288) == (966, 1288)
+
+
+def test_official_folders_load_with_the_demo_longest_side(official_dir, official_pipe, tmp_path):
+    assert official_pipe.processor.longest_side == 644
+    official_pipe.processor.save_pretrained(tmp_path)
+    from padt import PaDTProcessor
+
+    assert PaDTProcessor.from_pretrained(tmp_path).longest_side == 644  # saved with the processor
+    assert PaDTPipeline.from_pretrained(official_dir, longest_side=None).processor.longest_side is None
+
+
+@pytest.mark.parametrize("size", [(200, 300), (700, 930)])  # (height, width): smaller and larger than 644 px
+def test_longest_side_results_equal_the_resized_image_scaled_back(official_pipe, size):
+    height, width = size
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    scale = 644 / max(height, width)
+    resized = photo.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
+    ours = official_pipe.decode_answer(photo, ANSWER)
+    manual = official_pipe.decode_answer(resized, ANSWER)
+    assert ours.image_sizes == [(height, width)] and ours.geometries[0].resized_hw == manual.geometries[0].resized_hw
+    (a,), (b,) = ours.objects, manual.objects
+    assert a.patches == b.patches and abs(a.score - b.score) < 1e-6
+    back = np.array(b.box) * np.array([width / resized.width, height / resized.height] * 2)
+    assert np.allclose(a.box, back, atol=1e-3)
+    assert a.mask.shape == (height, width)
+    scaled_mask = np.asarray(Image.fromarray(b.mask).resize((width, height), Image.Resampling.NEAREST))
+    # the same mask logits, resampled once to the original size vs twice (to the resized image, then back)
+    assert a.mask.any() and (a.mask == scaled_mask).mean() > 0.95

@@ -1,0 +1,90 @@
+"""Encode once, ask many: an encoded image (vision context + KV cache of the shared prompt prefix) gives the same
+tokens, boxes, masks and scores as separate calls, for every task, with one and with several images per sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from padt.testing import forced_answer_kwargs as forced_kwargs
+from padt.testing import tiny_pipeline
+from padt.text.prompts import ovd_prompt, rec_prompt, ric_prompt
+from padt.vision.encoded import EncodedImage
+
+
+def noise(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = tiny_pipeline(seed=11, max_new_tokens=12)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        pipe.model.vrt_prototypes.norm.weight.copy_(1.0 + 0.5 * torch.randn(128, generator=gen))
+        for param in pipe.model.vrt_decoder.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=gen))
+    return pipe
+
+
+IMAGE = noise(112, 168)  # 24 VRTs
+SECOND = noise(56, 84, 2)  # 6 VRTs
+
+
+def same(a, b) -> None:
+    """The same answer and objects; boxes equal to 1e-5 of the image size (float32 noise of another batch)."""
+    assert a.text == b.text and a.problems == b.problems and len(a.objects) == len(b.objects)
+    for x, y in zip(a.objects, b.objects, strict=True):
+        assert (x.label, x.patches, x.image_index) == (y.label, y.patches, y.image_index)
+        height, width = a.image_sizes[x.image_index]
+        scale = np.array([width, height, width, height])
+        assert np.allclose(np.array(x.box) / scale, np.array(y.box) / scale, atol=1e-5)
+        assert abs(x.score - y.score) < 1e-5
+        assert (x.mask != y.mask).mean() < 1e-4
+
+
+def test_encode_returns_one_or_a_list(pipe):
+    encoded = pipe.encode(IMAGE)
+    assert isinstance(encoded, EncodedImage) and encoded.geometries[0].original_hw == (112, 168)
+    assert encoded.image_tokens == [24] and encoded.prefix_ids[0, -1] == pipe.processor.tokenizer.convert_tokens_to_ids(
+        "<|vision_end|>"
+    )
+    assert len(pipe.encode([IMAGE, SECOND])) == 2
+
+
+@pytest.mark.parametrize("sample", [IMAGE, [IMAGE, SECOND]], ids=["one image", "two images"])
+def test_forced_answers_about_one_encoded_image_equal_separate_calls(pipe, sample):
+    encoded = pipe.encode([sample])[0]
+    offsets = 0
+    answers = [
+        'The "the red circle" refers to <|VRT_4|><|VRT_5|><|VRT_10|> in this image.',
+        'The "dot" refers to <|VRT_23|><|VRT_23|> in this image.',
+        'In this image, there are 2 "circle" (<|VRT_0|><|VRT_1|>, <|VRT_20|>), 1 "square" (<|VRT_5|>).',
+    ]
+    prompts = [rec_prompt("the red circle"), rec_prompt("dot"), ovd_prompt(["circle", "square"])]
+    kwargs = forced_kwargs(pipe, [sample] * 3, prompts, answers, [offsets, 30 if isinstance(sample, list) else 24,
+                                                                   60 if isinstance(sample, list) else 48])
+    together = pipe.ask([encoded] * 3, prompts, **kwargs)
+    assert [o.text for o in together] == answers
+    for prompt, answer, out in zip(prompts, answers, together, strict=True):
+        alone = pipe.ask([sample], [prompt], **forced_kwargs(pipe, [sample], [prompt], [answer], [0]))[0]
+        same(out, alone)
+    taught = pipe.decode_answer(encoded, answers[2], prompts[2])
+    same(taught, pipe.decode_answer(sample, answers[2], prompts[2]))
+
+
+def test_every_task_takes_an_encoded_image(pipe):
+    encoded = pipe.encode(IMAGE)
+    for task in ("refer", "detect", "caption"):
+        args = {"refer": ("the dot",), "detect": (["circle"],), "caption": ()}[task]
+        same(getattr(pipe, task)(encoded, *args), getattr(pipe, task)(IMAGE, *args))
+    expressions = ["the red circle", "a much longer expression about the square on the left", "dot"]
+    for got, expression in zip(pipe.refer(IMAGE, expressions), expressions, strict=True):
+        same(got, pipe.refer(IMAGE, expression))  # one image, many expressions: encoded once under the hood
+    same(pipe.caption([encoded, encoded])[1], pipe.caption(IMAGE))
+    assert [o.text for o in pipe.map([encoded, IMAGE], task="caption", progress=False)] == [
+        pipe.caption(IMAGE).text
+    ] * 2
+    assert ric_prompt()  # the caption prompt exists (the tasks above used it)
