@@ -23,7 +23,7 @@ from padt.streaming import GroundingStreamer, StreamCallback
 from padt.text.answer_formats import AnswerFormat, get_answer_format
 from padt.text.prompts import ovd_prompt, rec_prompt, ric_prompt
 from padt.vision.context import VisionContext
-from padt.vision.encoded import EncodedImage, question_rows
+from padt.vision.encoded import EncodedImage, question_rows, stacked_cache
 from padt.vision.images import ImageInput
 from padt.vision.queries import queries_from_answers
 
@@ -330,21 +330,20 @@ class PaDTPipeline:
         images = [self.processor.load(i) for i in (sample if isinstance(sample, (list, tuple)) else [sample])]
         return EncodedImage(images, batch.geometries, vision, prefix, mm_types, out.past_key_values)
 
-    def _generate_with_prefix(self, encoded_images, prompts, require_labels, generate_kwargs):
-        """Questions about one encoded image, in one generate call that prefills only the questions."""
-        encoded = encoded_images[0]
-        questions = [self._question_ids(encoded, prompt) for prompt in prompts]
+    def _generate_with_prefix(self, encoded, prompts, require_labels, generate_kwargs):
+        """Questions about encoded images (one or several), in one generate call that prefills only the questions."""
+        questions = [self._question_ids(e, prompt) for e, prompt in zip(encoded, prompts, strict=True)]
         pad_id = self.processor.tokenizer.pad_token_id or self.processor.eos_token_id
         input_ids, attention, mm_types = question_rows(encoded, questions, pad_id)
-        vision = encoded.vision.repeated(len(prompts))
-        geometries = encoded.geometries * len(prompts)
+        vision = VisionContext.stacked([e.vision for e in encoded])
+        geometries = [g for e in encoded for g in e.geometries]
         kwargs = self._with_streamer(generate_kwargs, vision, geometries, require_labels)
         # The cache covers the prefix; the 3-D positions of the whole rows are computed again for this batch.
         self.model.model.rope_deltas = None
         with vision.recording() as recorded:
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=attention, mm_token_type_ids=mm_types, vision=vision,
-                past_key_values=encoded.cache_for(len(prompts)), **kwargs,
+                past_key_values=stacked_cache(encoded), **kwargs,
             )
         completions = vision.codec.to_local(sequences[:, input_ids.shape[1]:])
         return self._ground(vision, geometries, list(completions), recorded.states(), require_labels)
@@ -458,16 +457,12 @@ def _is_one_image(value: Any) -> bool:
 
 
 def _batches(images: list, prompts: list[str], size: int) -> list[tuple[list, list[str]]]:
-    """Consecutive batches of at most ``size`` (image, prompt) pairs; questions about one encoded image are kept
-    apart from other inputs, so that each batch shares one prefix cache or none."""
+    """Consecutive batches of at most ``size`` (image, prompt) pairs; questions about encoded images are kept
+    apart from other inputs, so that each batch either continues cached prefixes or has none."""
     batches: list[tuple[list, list[str]]] = []
-    for key, group in itertools.groupby(zip(images, prompts), key=lambda pair: _prefix_key(pair[0])):
+    for _, group in itertools.groupby(zip(images, prompts), key=lambda pair: isinstance(pair[0], EncodedImage)):
         pairs = list(group)
         for start in range(0, len(pairs), size):
             chunk = pairs[start : start + size]
             batches.append(([image for image, _ in chunk], [prompt for _, prompt in chunk]))
     return batches
-
-
-def _prefix_key(image: Any) -> int | None:
-    return id(image) if isinstance(image, EncodedImage) else None

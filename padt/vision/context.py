@@ -118,35 +118,41 @@ class VisionContext:
         finally:
             self.recorder = None
 
-    def repeated(self, copies: int) -> VisionContext:
-        """The context of a batch of ``copies`` samples that each hold this one-sample context's images.
+    @staticmethod
+    def stacked(contexts: list[VisionContext]) -> VisionContext:
+        """One batch's context whose sample ``b`` holds the images of one-sample context ``contexts[b]``.
 
-        Used to ask several questions about one encoded image: every tensor's rows are repeated, nothing of the
-        vision tower runs again, and each copy names only its own rows (so each question's results equal a
-        separate call's).
+        Used to ask questions about encoded images in one batch (the same context may come several times):
+        nothing of the vision tower runs again, and each sample names only its own rows, so each question's
+        results equal a separate call's.
         """
-        if self.codec.num_samples != 1:
-            raise ValueError(f"only a one-sample context can be repeated, this one has {self.codec.num_samples}")
+        if any(c.codec.num_samples != 1 for c in contexts):
+            raise ValueError("only one-sample contexts can be stacked")
         codec = VRTCodec(
-            self.codec.vocab_size,
-            self.codec.merged_hw * copies,
-            tuple(b for b in range(copies) for _ in self.codec.merged_hw),
-            copies,
+            contexts[0].codec.vocab_size,
+            tuple(hw for c in contexts for hw in c.codec.merged_hw),
+            tuple(b for b, c in enumerate(contexts) for _ in c.codec.merged_hw),
+            len(contexts),
         )
-        mask = codec.logit_mask(self.vrt_mask.device)
-        memory = self.memory
+        mask = codec.logit_mask(contexts[0].vrt_mask.device)
+        names = any(bool(c.vrt_mask.any()) for c in contexts)
+        memories = [c.memory for c in contexts]
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([getattr(c, name) for c in contexts])
+
         return VisionContext(
             codec=codec,
-            image_embeds=self.image_embeds.repeat(copies, 1),
-            prototypes=self.prototypes.repeat(copies, 1),
-            vrt_mask=mask if bool(self.vrt_mask.any()) else torch.zeros_like(mask),  # text-box models name none
+            image_embeds=cat("image_embeds"),
+            prototypes=cat("prototypes"),
+            vrt_mask=mask if names else torch.zeros_like(mask),  # text-box models name none
             memory=DecoderMemory(
-                low_res=memory.low_res.repeat(copies, 1),
-                low_pe=tuple(pe.repeat(copies, 1) for pe in memory.low_pe),
-                high_res=memory.high_res.repeat(copies, 1),
-                high_pe=tuple(pe.repeat(copies, 1) for pe in memory.high_pe),
-                grid_hw=memory.grid_hw.repeat(copies, 1),
-                token_rc=memory.token_rc.repeat(copies, 1),
+                low_res=torch.cat([m.low_res for m in memories]),
+                low_pe=tuple(torch.cat([m.low_pe[i] for m in memories]) for i in range(2)),
+                high_res=torch.cat([m.high_res for m in memories]),
+                high_pe=tuple(torch.cat([m.high_pe[i] for m in memories]) for i in range(2)),
+                grid_hw=torch.cat([m.grid_hw for m in memories]),
+                token_rc=torch.cat([m.token_rc for m in memories]),
             ),
-            grid_thw=self.grid_thw.repeat(copies, 1),
+            grid_thw=cat("grid_thw"),
         )

@@ -9,12 +9,13 @@ its own tokens. ``PaDTPipeline.encode`` builds one; every task method takes it i
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from transformers import DynamicCache
 
 from padt.vision.context import VisionContext
 from padt.vision.geometry import ImageGeometry
@@ -30,7 +31,8 @@ class EncodedImage:
         vision: the one-sample vision context.
         prefix_ids: LongTensor [1, L], the prompt's tokens up to and including the last ``<|vision_end|>``.
         prefix_mm_token_type_ids: [1, L], 1 on the image tokens.
-        prefix_cache: the KV cache of the prefix (one row); copied for every use, never changed.
+        prefix_cache: the KV cache of the prefix (one row); copied for every use (:func:`stacked_cache`), never
+            changed.
     """
 
     images: list[Image.Image]
@@ -49,34 +51,47 @@ class EncodedImage:
         """``<|image_pad|>`` tokens of each image in the prompt: one per merged cell."""
         return [g.num_vrts for g in self.geometries]
 
-    def cache_for(self, rows: int) -> Any:
-        """A fresh copy of the prefix cache for a batch of ``rows`` questions (generation appends to it)."""
-        cache = copy.deepcopy(self.prefix_cache)
-        if rows > 1:
-            cache.batch_repeat_interleave(rows)
-        return cache
+
+
+def stacked_cache(encoded: list[EncodedImage]) -> DynamicCache:
+    """One KV cache for a batch whose row ``b`` continues ``encoded[b]``'s prefix (a fresh copy: generation
+    appends to it). Shorter prefixes are padded on the left, where :func:`question_rows` masks them out."""
+    width = max(e.prefix_length for e in encoded)
+    layers = []
+    for index in range(len(encoded[0].prefix_cache.layers)):
+        keys = [_left_padded(e.prefix_cache.layers[index].keys, width) for e in encoded]
+        values = [_left_padded(e.prefix_cache.layers[index].values, width) for e in encoded]
+        layers.append((torch.cat(keys), torch.cat(values)))
+    return DynamicCache(layers)
+
+
+def _left_padded(states: torch.Tensor, width: int) -> torch.Tensor:
+    """[1, heads, L, D] cache states padded with zeros on the left of the L axis to ``width``."""
+    return F.pad(states, (0, 0, width - states.shape[-2], 0))
 
 
 def question_rows(
-    encoded: EncodedImage, question_ids: list[list[int]], pad_id: int
+    encoded: list[EncodedImage], question_ids: list[list[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch rows ``prefix + padding + question``: ``(input_ids, attention_mask, mm_token_type_ids)``, each [B, T].
+    """Batch rows ``padding + prefix + padding + question``, row ``b`` asking ``question_ids[b]`` about
+    ``encoded[b]``: ``(input_ids, attention_mask, mm_token_type_ids)``, each [B, T].
 
-    Padding goes between the shared prefix and each question, so the prefix sits in the same columns of every
-    row (where the cache has it) and every row ends at the last column (where generation appends). Padding is
-    masked out and takes no position, so each row's positions are those of the question asked alone.
+    The prefixes end in the same column (where the cache of :func:`stacked_cache` has them) and every row ends at
+    the last column (where generation appends). Padding is masked out and takes no position, so each row's
+    positions are those of its question asked alone.
     """
+    prefix_width = max(e.prefix_length for e in encoded)
     width = max(len(q) for q in question_ids)
-    prefix = encoded.prefix_ids[0]
-    device = prefix.device
-    rows, masks = [], []
-    for question in question_ids:
-        gap = width - len(question)
-        pad = torch.full((gap,), pad_id, device=device)
-        rows.append(torch.cat([prefix, pad, torch.tensor(question, device=device)]))
-        masks.append(torch.cat([torch.ones_like(prefix), torch.zeros(gap, dtype=torch.long, device=device),
-                                torch.ones(len(question), dtype=torch.long, device=device)]))
-    input_ids, attention = torch.stack(rows), torch.stack(masks)
-    mm_token_type_ids = torch.zeros_like(input_ids)
-    mm_token_type_ids[:, : encoded.prefix_length] = encoded.prefix_mm_token_type_ids[0]
-    return input_ids, attention, mm_token_type_ids
+    device = encoded[0].prefix_ids.device
+    rows, masks, types = [], [], []
+    for e, question in zip(encoded, question_ids, strict=True):
+        parts = [(pad_id, prefix_width - e.prefix_length, 0), (None, e.prefix_length, 1),
+                 (pad_id, width - len(question), 0), (None, len(question), 1)]
+        tokens = [torch.full((n,), value, device=device) if value is not None else None for value, n, _ in parts]
+        tokens[1], tokens[3] = e.prefix_ids[0], torch.tensor(question, device=device)
+        rows.append(torch.cat(tokens))
+        masks.append(torch.cat([torch.full((n,), real, device=device) for _, n, real in parts]))
+        zeros = torch.zeros(prefix_width - e.prefix_length, dtype=torch.long, device=device)
+        after = torch.zeros(width, dtype=torch.long, device=device)
+        types.append(torch.cat([zeros, e.prefix_mm_token_type_ids[0], after]))
+    return torch.stack(rows), torch.stack(masks), torch.stack(types)

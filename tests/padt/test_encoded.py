@@ -88,3 +88,17 @@ def test_every_task_takes_an_encoded_image(pipe):
         pipe.caption(IMAGE).text
     ] * 2
     assert ric_prompt()  # the caption prompt exists (the tasks above used it)
+
+
+def test_questions_about_several_encoded_images_share_one_batch(pipe):
+    small, large = pipe.encode([SECOND, IMAGE])  # prefixes of different lengths: padded on the left
+    assert small.prefix_length < large.prefix_length
+    prompts = [rec_prompt("a"), rec_prompt("the other one"), ovd_prompt(["dot"])]
+    answers = ['The "a" refers to <|VRT_2|> in this image.', 'The "the other one" refers to <|VRT_20|> in this image.',
+               'There is 1 "dot" (<|VRT_5|>) in this image.']
+    images = [SECOND, IMAGE, SECOND]
+    kwargs = forced_kwargs(pipe, images, prompts, answers, [0, 6, 30])
+    together = pipe.ask([small, large, small], prompts, **kwargs)
+    assert [o.text for o in together] == answers
+    for image, prompt, answer, out in zip(images, prompts, answers, together, strict=True):
+        same(out, pipe.ask([image], [prompt], **forced_kwargs(pipe, [image], [prompt], [answer], [0]))[0])
