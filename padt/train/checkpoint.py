@@ -56,17 +56,19 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep: int = 2,
     run_id: str | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` atomically and keep only the ``keep`` newest ones of run ``run_id``.
 
     ``extra`` goes into ``state.json`` next to ``step`` and ``run_id``; ``keep`` counts the new checkpoint.
+    ``weights`` replaces the model's own trainable parameters (the full tensors gathered under FSDP).
     """
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(weights if weights is not None else trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     state = {"step": step, **extra, "run_id": run_id, "rng": _rng_state()}

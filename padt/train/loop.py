@@ -108,6 +108,9 @@ def train(config: TrainConfig) -> Path:
         [p for p in objective.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = _scheduler(optimizer, config, plan.total_steps)
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # padt prepares no dataloader, so DeepSpeed cannot read the micro-batch from one
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
     objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     run = _Run(config, accelerator, processor, dataset, collate, plan, objective, optimizer, scheduler, output_dir)
 
@@ -292,11 +295,32 @@ def _finish(run: _Run) -> Path:
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     final = run.output_dir / "final"
+    _save(run, run.plan.total_steps)
+    gathered = _gathered_state(run)  # every process: FSDP gathers the shards onto the main process
     if accelerator.is_main_process:
-        _save(run, run.plan.total_steps)
-        _save_final(final, accelerator.unwrap_model(run.objective).model, run.processor)
+        model_state = None if gathered is None else {
+            name[len("model."):]: tensor for name, tensor in gathered.items() if name.startswith("model.")
+        }
+        _save_final(final, accelerator.unwrap_model(run.objective).model, run.processor, model_state)
     accelerator.wait_for_everyone()
     return final
+
+
+def _gathered_state(run: _Run) -> dict[str, torch.Tensor] | None:
+    """Under FSDP, the objective's full state dict (on the main process; every process must call this, as it
+    gathers the shards); ``None`` elsewhere, where each process holds the whole model and reads it directly."""
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if run.accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    # Every process takes part in gathering each unit's full parameters; names lose FSDP's wrapper parts.
+    with FullyShardedDataParallel.summon_full_params(run.objective, writeback=False):
+        unwrapped = run.accelerator.unwrap_model(run.objective)
+        return {
+            name.replace("_fsdp_wrapped_module.", ""): tensor.detach().cpu().clone()
+            for name, tensor in unwrapped.named_parameters()
+        }
 
 
 def _read_records(path: str):
@@ -337,19 +361,30 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_step
 
 
 def _save(run: _Run, step: int) -> None:
-    """The checkpoint of step ``step`` (main process only), tagged with the run's id for pruning."""
+    """The checkpoint of step ``step``, tagged with the run's id for pruning. Every process calls it (under FSDP
+    the trainable weights are gathered first); the main process writes."""
+    gathered = _gathered_state(run)
     if run.accelerator.is_main_process:
         unwrapped = run.accelerator.unwrap_model(run.objective)
-        save_checkpoint(run.output_dir, step, unwrapped, run.optimizer, run.scheduler, {}, run_id=run.run_id)
+        weights = None
+        if gathered is not None:  # FSDP: the full tensors of the trainable parameters, under their plain names
+            trainable = {n.replace("_fsdp_wrapped_module.", "") for n, p in unwrapped.named_parameters()
+                         if p.requires_grad}
+            weights = {n: t.contiguous() for n, t in gathered.items() if n in trainable}
+        save_checkpoint(run.output_dir, step, unwrapped, run.optimizer, run.scheduler, {}, run_id=run.run_id,
+                        weights=weights)
 
 
-def _save_final(final: Path, model, processor) -> None:
-    """Write the final model + processor atomically: a folder ``from_pretrained`` and ``padt eval`` load."""
+def _save_final(final: Path, model, processor, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the final model + processor atomically: a folder ``from_pretrained`` and ``padt eval`` load.
+
+    ``state`` is the model's gathered state dict under FSDP (its own would be this process's shards only).
+    """
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    merged = final_model(model)
-    merged.save_pretrained(tmp)
+    merged = final_model(model) if state is None else model
+    merged.save_pretrained(tmp, **({} if state is None else {"state_dict": state}))
     processor.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)
