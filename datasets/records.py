@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from padt.vision.geometry import GridSpec, ImageGeometry
+from padt.vision.images import open_image
 
 PathLike = str | os.PathLike
 
@@ -365,9 +364,9 @@ def _official_prompt(data: Mapping[str, Any]) -> str:
 
 def _image_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:  # reads the header only
+        with open_image(path) as image:  # the header only, within padt's pixel limit
             width, height = image.size
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+    except (FileNotFoundError, ValueError, OSError) as error:
         raise RecordError("image", f"cannot read the size of {path}: {error}") from error
     return height, width
 
