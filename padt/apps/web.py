@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from padt.apps.tasks import TASKS, output_record, render, run_task
+from padt.apps.tasks import TASKS, output_record, render, run_task, task_prompt
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -116,25 +118,60 @@ def build_app(pipeline: PaDTPipeline, *, max_new_tokens: int | None = None) -> g
 
 
 def _predictor(pipeline: PaDTPipeline, max_new_tokens: int | None):
-    """The demo's event handler: (upload record, task, text, heatmaps?) -> overlay, answer, JSON, gallery."""
+    """The demo's event handler: (upload record, task, text, heatmaps?) -> overlay, answer, JSON, gallery.
+
+    A generator: while the model writes, the answer's text grows and each object appears on the overlay as soon
+    as it is decoded (:mod:`padt.streaming`); the JSON and the heatmaps come with the finished answer.
+    """
     gr = import_gradio()
+    from padt.results import GroundedObject, GroundedOutput
     from padt.visualize import vrt_step_heatmaps
 
     def predict(upload: Any, task: str, text: str, heatmaps: bool):
         image = uploaded_image(upload)
         try:
-            length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}  # default: the pipeline's
-            output, prompt, require_labels = run_task(pipeline, image, task, text, **length)
-        except ValueError as error:  # an empty expression or category list: tell the user, keep the app up
+            task_prompt(task, text)  # an empty expression or category list: tell the user, keep the app up
+        except ValueError as error:
             raise gr.Error(str(error)) from error
+        length = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}  # default: the pipeline's
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=_answer_into, args=(events, pipeline, image, task, text, length))
+        worker.start()
+        answer, objects, geometry = "", [], pipeline.processor.geometry(image)
+        while (event := events.get()) is not _DONE:
+            if isinstance(event, GroundedObject):
+                objects.append(event)
+                partial = GroundedOutput(answer, list(objects), [], [geometry.original_hw], [geometry])
+                yield render(image, partial), answer, "", []
+            elif isinstance(event, str):
+                answer += event
+                yield gr.skip(), answer, "", []
+        worker.join()
+        output, prompt, require_labels = events.get()
+        if isinstance(output, Exception):
+            raise gr.Error(str(output)) from output
         record = output_record(output, task=task, prompt=prompt)
         steps = []
         if heatmaps:
             steps = vrt_step_heatmaps(pipeline, image, prompt, output=output, require_labels=require_labels)
         gallery = [(heatmap, f"step {n}: {token}") for n, (token, heatmap) in enumerate(steps)]
-        return render(image, output), output.text, json.dumps(record, indent=2), gallery
+        yield render(image, output), output.text, json.dumps(record, indent=2), gallery
 
     return predict
+
+
+_DONE = object()  # the end of a streamed answer, after which the result follows on the queue
+
+
+def _answer_into(events: queue.Queue, pipeline, image, task: str, text: str, length: dict[str, Any]) -> None:
+    """Run one task with a streamer that puts text pieces and objects on ``events``, then ``_DONE`` and the
+    result ``(output, prompt, require_labels)`` (or ``(error, None, None)``)."""
+    try:
+        result = run_task(pipeline, image, task, text, streamer=events.put, **length)
+    except Exception as error:  # shown to the user by the handler; the app stays up
+        result = (error, None, None)
+    events.put(_DONE)
+    events.put(result)
 
 
 def uploaded_image(upload: Any) -> Image.Image:
