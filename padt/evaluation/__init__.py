@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import math
 import os
-import re
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -29,19 +27,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from PIL import Image
 from tqdm.auto import tqdm
 
 from padt.datasets.patches import sample_vrt_patches
-from padt.datasets.records import GroundingObject, GroundingRecord, check_grid
-from padt.losses.box_ops import box_area, box_xyxy_to_xywh, normalised_to_pixels
+from padt.datasets.records import GroundingRecord, check_grid
+from padt.evaluation.ground_truth import (
+    caption_references,
+    detections,
+    gt_box,
+    gt_mask,
+    ovd_ground_truth,
+    paper_gt_box,
+    paper_pred_box,
+    strip_grounding,
+)
+from padt.evaluation.images import PROTOCOLS, Protocol, load_record_image
 from padt.metrics import COCODetectionMetric, GroundedCaptionMetric, KeyedReferringMetric, RECAccuracy, RESIoU
 from padt.results import GroundedOutput
 from padt.text.prompts import render_answer
-from padt.vision.images import load_image, open_image
-from padt.vision.masks import box_to_mask, box_to_rle, rle_to_mask
+
+__all__ = [
+    "PROTOCOLS", "REC_THRESHOLDS", "TASKS", "EvalResult", "evaluate", "json_ready", "paper_gt_box", "paper_pred_box",
+    "parse_tasks", "strip_grounding", "teacher_forced_answer",
+]
 
 TASKS = ("rec", "res", "ovd", "ric")
 #: The record task each evaluation task reads (RES is scored on REC records: they carry the masks).
@@ -50,13 +60,6 @@ RECORD_TASK = {"rec": "rec", "res": "rec", "ovd": "ovd", "ric": "ric"}
 REC_THRESHOLDS = (0.5, 0.75, 0.9)
 
 Mode = Literal["generate", "teacher_forced"]
-#: ``"padt"``: ours, by record; ``"paper"``: the official scripts' scoring (see the module docstring).
-Protocol = Literal["padt", "paper"]
-PROTOCOLS = ("padt", "paper")
-_EXIF_ORIENTATION = 0x0112
-_OVD_CATEGORIES = re.compile(r"detect the following objects:\s*(\[.*\])\s*\.?\s*$", re.DOTALL)
-_GROUNDING = re.compile(r"<\|(?:VRT|Obj)_\d+\|>")
-_EMPTY_PARENS = re.compile(r"\s*\(\s*(?:,\s*)*\)")
 
 
 @dataclass
@@ -146,7 +149,7 @@ def evaluate(
                disable=not progress or rank != 0)
     for start in range(0, len(units), step):
         batch = units[start : start + step]
-        images = [_load(records[unit[0]], images_root, protocol) for unit in batch]
+        images = [load_record_image(records[unit[0]], images_root, protocol) for unit in batch]
         outputs = _answer(pipeline, [records[u[0]] for u in batch], images, tasks, mode, generate_kwargs)
         for unit, image, output in zip(batch, images, outputs, strict=True):
             scorer.add(unit, output, image.height, image.width)
@@ -173,8 +176,8 @@ class _Scorer:
         self.res = RESIoU() if "res" in tasks and not paper else None
         self.tasks = tasks
         self.ric = GroundedCaptionMetric() if "ric" in tasks else None
-        self.ovd_gt = _ovd_ground_truth(records, images_root, instances, protocol) if "ovd" in tasks else None
-        self.references = _caption_references(records) if self.captions else {}
+        self.ovd_gt = ovd_ground_truth(records, images_root, instances, protocol) if "ovd" in tasks else None
+        self.references = caption_references(records) if self.captions else {}
         self.predictions: list[dict[str, Any]] = []
         self.detections: list[dict[str, Any]] = []
 
@@ -186,10 +189,10 @@ class _Scorer:
             prediction = _prediction(position, record, output)
             self._add_referring(position, record, output, height, width)
             if self.ric is not None:
-                self.ric.update(pred_boxes=[boxes], gt_boxes=[[_gt_box(o, height, width) for o in record.objects]])
+                self.ric.update(pred_boxes=[boxes], gt_boxes=[[gt_box(o, height, width) for o in record.objects]])
             if self.ovd_gt is not None:
                 image_id = self.ovd_gt.image_ids[position]
-                self.detections += _detections(output, image_id, self.ovd_gt.categories, self.protocol)
+                self.detections += detections(output, image_id, self.ovd_gt.categories, self.protocol)
                 prediction["coco_image_id"] = image_id
             self.predictions.append(prediction)
         if self.ric is not None and self.captions:
@@ -202,17 +205,17 @@ class _Scorer:
             return
         gt = record.objects[0]
         if self.rec is not None:  # all objects of the answer: the best IoU counts (see docs/metrics.md)
-            self.rec.update([[o.box for o in output.objects]], [_gt_box(gt, height, width)])
+            self.rec.update([[o.box for o in output.objects]], [gt_box(gt, height, width)])
         if self.res is not None:  # one mask per sample: the answer's first object
             first = output.objects[0].mask if output.objects else None
-            self.res.update([first], [_gt_mask(gt, height, width)])
+            self.res.update([first], [gt_mask(gt, height, width)])
         if self.keyed is not None:
             masks = self.keyed.masks
             self.keyed.update(
                 [record.image_id if record.image_id is not None else record.image], [gt.label],
                 [paper_gt_box(gt.bbox, height, width)], [[o.label for o in output.objects]],
                 [[paper_pred_box(o.box) for o in output.objects]],
-                gt_masks=[gt.rle if gt.rle is not None else _gt_mask(gt, height, width)] if masks else None,
+                gt_masks=[gt.rle if gt.rle is not None else gt_mask(gt, height, width)] if masks else None,
                 pred_masks=[[o.mask for o in output.objects]] if masks else None, order=[position],
             )
 
@@ -246,16 +249,6 @@ class _Scorer:
         metrics["num_records"] = len(predictions)
         metrics["answers_with_problems"] = sum(1 for p in predictions if p["problems"])
         return EvalResult(metrics, predictions, coco_results)
-
-
-def strip_grounding(text: str) -> str:
-    """A caption without its grounding: VRTs and ``<|Obj_N|>`` removed, with the parentheses that held them.
-
-    ``"A man (<|VRT_3|><|VRT_4|>) rides a horse (<|Obj_1|>)."`` -> ``"A man rides a horse."``
-    """
-    text = _EMPTY_PARENS.sub("", _GROUNDING.sub("", text))
-    text = re.sub(r"\s+([.,;:!?])", r"\1", text)
-    return " ".join(text.split())
 
 
 def teacher_forced_answer(record: GroundingRecord, vrts_per_object: int) -> str:
@@ -304,228 +297,6 @@ def _units(records: list[GroundingRecord], group: bool) -> list[list[int]]:
     return list(units.values())
 
 
-def _load(record: GroundingRecord, images_root: Path, protocol: Protocol = "padt") -> Image.Image:
-    """The record's image: as padt shows it to the model (EXIF orientation applied), or as stored (``"paper"``)."""
-    path = images_root / record.image
-    if not path.is_file():
-        raise FileNotFoundError(f"record {record.id}: image file not found: {path}")
-    if protocol == "paper":
-        image = load_image(_stored_image(path))
-    else:
-        orientation = _exif_orientation(path)
-        if orientation not in (None, 1):
-            # Annotations (COCO's, the official records') describe the stored pixels; padt would rotate them.
-            raise ValueError(
-                f"record {record.id}: image {path} has EXIF orientation {orientation}, which padt applies, but the "
-                "record's boxes and masks refer to the stored pixels (padt convert skips such images unless "
-                "--keep-exif-rotated); evaluate with --protocol paper, which reads images as stored"
-            )
-        image = load_image(path)
-    if record.image_hw is not None and tuple(record.image_hw) != (image.height, image.width):
-        raise ValueError(
-            f"record {record.id}: image {path} is {(image.height, image.width)} (h, w) but the record says "
-            f"{tuple(record.image_hw)}; its boxes and masks would not fit"
-        )
-    return image
-
-
-def _stored_image(path: Path) -> Image.Image:
-    """The file's pixels as stored: a copy without the EXIF/XMP metadata that names an orientation.
-
-    Opened through :func:`~padt.vision.images.open_image`, so the pixel limit against decompression bombs holds."""
-    with open_image(path) as opened:
-        try:
-            opened.seek(0)  # the first frame of an animation, as load_image takes
-            opened.load()
-            stored = opened.copy()
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise ValueError(f"cannot read image {path}: {error}") from error
-    # load_image (and the pipeline after it) applies whatever orientation the metadata still names: leave none.
-    for key in ("exif", "XML:com.adobe.xmp", "xmp", "Raw profile type exif"):
-        stored.info.pop(key, None)
-    return stored
-
-
-def _exif_orientation(path: Path) -> int | None:
-    """The EXIF orientation tag of an image file (header only); ``None`` when absent or unreadable."""
-    try:
-        with open_image(path) as opened:
-            return opened.getexif().get(_EXIF_ORIENTATION)
-    except (OSError, SyntaxError, ValueError):
-        return None  # load_image reports an unreadable or too large file itself, naming it
-
-
-# ---- ground truth --------------------------------------------------------------------------------------------
-def _gt_box(obj: GroundingObject, height: int, width: int) -> list[float]:
-    """The object's xyxy box in pixels of its ``height`` x ``width`` image."""
-    # float64, so the pixels are those of Python float arithmetic on the record's numbers.
-    return normalised_to_pixels(torch.tensor(obj.bbox, dtype=torch.float64), (height, width)).tolist()
-
-
-def _gt_mask(obj: GroundingObject, height: int, width: int) -> np.ndarray:
-    """The object's mask; a box-only object (``rle`` null) is scored against its box, as the reference does."""
-    if obj.rle is not None:
-        return rle_to_mask(obj.rle)
-    return box_to_mask(_gt_box(obj, height, width), height, width)
-
-
-def _caption_references(records: list[GroundingRecord]) -> dict[str, list[str]]:
-    """Per image, every reference caption (answer template without its grounding), in record order."""
-    references: dict[str, list[str]] = {}
-    for r in records:
-        references.setdefault(r.image, []).append(strip_grounding(r.answer_template))
-    return references
-
-
-@dataclass
-class _OVDGroundTruth:
-    gt: dict[str, Any]
-    image_ids: list[int]  # per record position
-    categories: dict[str, int]
-
-
-def _ovd_ground_truth(
-    records: list[GroundingRecord], images_root: Path, instances: str | os.PathLike | Mapping[str, Any] | None,
-    protocol: Protocol = "padt",
-) -> _OVDGroundTruth:
-    """COCO ground truth of OVD records: the original annotations (``instances``, ours) or the records' objects.
-
-    The paper's script always scores against the records' objects (the preprocessed, filtered annotations) with
-    boxes rounded to whole pixels and no masks; ``instances`` then only supplies the category ids.
-    """
-    paper = protocol == "paper"
-    data = _read_instances(instances) if instances is not None else None
-    if data is not None and not paper:
-        return _gt_from_instances(records, data)
-    if data is not None:
-        ids = _coco_image_ids(records, data)
-        categories = {c["name"]: int(c["id"]) for c in data.get("categories", [])}
-    else:
-        ids, categories = _record_image_ids(records), _record_categories(records)
-    images, annotations = [], []
-    for r, image_id in zip(records, ids, strict=True):
-        # Official records read without an images root carry no size: take it from the image.
-        height, width = r.image_hw if r.image_hw is not None else _load(r, images_root, protocol).size[::-1]
-        images.append({"id": image_id, "file_name": r.image, "height": height, "width": width})
-        for obj in r.objects:
-            if obj.label not in categories:
-                raise ValueError(f"record {r.id}: object label {obj.label!r} is not a category of the instances")
-            entry = {"id": len(annotations) + 1, "image_id": image_id, "category_id": categories[obj.label],
-                     "iscrowd": obj.iscrowd}
-            entry.update(_paper_annotation(obj, height, width) if paper else _padt_annotation(obj, height, width))
-            annotations.append(entry)
-    gt = {"images": images, "annotations": annotations,
-          "categories": [{"id": i, "name": n} for n, i in categories.items()]}
-    return _OVDGroundTruth(gt, ids, categories)
-
-
-def _record_image_ids(records: list[GroundingRecord]) -> list[int]:
-    """One GT image per record: the records' image ids when every record has a distinct one, positions otherwise."""
-    ids = [r.image_id for r in records]
-    if any(i is None for i in ids) or len(set(ids)) != len(ids):
-        return list(range(1, len(records) + 1))
-    return [int(i) for i in ids]
-
-
-def _record_categories(records: list[GroundingRecord]) -> dict[str, int]:
-    """Category ids 1..n in order of first appearance: the prompts' lists (COCO id order for val), then labels."""
-    names: dict[str, None] = {}
-    for r in records:
-        names.update(dict.fromkeys(_prompt_categories(r.prompt)))
-        names.update(dict.fromkeys(o.label for o in r.objects))
-    return {name: k + 1 for k, name in enumerate(names)}
-
-
-def _padt_annotation(obj: GroundingObject, height: int, width: int) -> dict[str, Any]:
-    """Box in float pixels, the mask (a box-only object's box as its mask), the area (the box's if unknown)."""
-    box = torch.tensor(_gt_box(obj, height, width), dtype=torch.float64)
-    return {"bbox": box_xyxy_to_xywh(box).tolist(), "area": obj.area or box_area(box).item(),
-            "segmentation": obj.rle if obj.rle is not None else box_to_rle(box.tolist(), height, width)}
-
-
-def _paper_annotation(obj: GroundingObject, height: int, width: int) -> dict[str, Any]:
-    """As ``eval_coco.py`` rebuilds it: ``x, y, w, h`` rounded to pixels, the record's area as it is, no mask."""
-    x1, y1, x2, y2 = paper_gt_box(obj.bbox, height, width)
-    return {"bbox": [x1, y1, x2 - x1, y2 - y1], "area": obj.area}
-
-
-def paper_gt_box(bbox: Sequence[float], height: int, width: int) -> list[int]:
-    """The official scripts' GT box: ``x, y, w, h`` of the normalised box rounded to pixels, returned as xyxy.
-
-    Each of the four is rounded on its own (``round((x2 - x1) * W)``, Python's half-to-even), as the scripts do.
-    """
-    x1, y1, x2, y2 = bbox
-    x, y = round(x1 * width), round(y1 * height)
-    return [x, y, x + round((x2 - x1) * width), y + round((y2 - y1) * height)]
-
-
-def paper_pred_box(box: Sequence[float]) -> list[int]:
-    """A predicted xyxy pixel box as the official inference writes it: ``x, y, w, h`` rounded, returned as xyxy."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    x, y = round(x1), round(y1)
-    return [x, y, x + round(x2 - x1), y + round(y2 - y1)]
-
-
-def _detections(output: GroundedOutput, image_id: int, categories: dict[str, int], protocol: Protocol):
-    """COCO results of one answer. Ours: ``to_coco`` (labels compared case-insensitively, masks kept). The
-    paper's: the label lowercased must equal a category name, boxes rounded to pixels, no masks."""
-    if protocol == "padt":
-        return output.to_coco(image_id, categories)
-    results = []
-    for obj in output.objects:
-        category = categories.get(obj.label.lower())
-        if category is not None:
-            x1, y1, x2, y2 = paper_pred_box(obj.box)
-            results.append({"image_id": image_id, "category_id": category, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "score": float(obj.score)})
-    return results
-
-
-def _read_instances(instances: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(instances, (str, os.PathLike)):
-        path = Path(instances)
-        if not path.is_file():
-            raise FileNotFoundError(f"COCO instances file not found: {path}")
-        return json.loads(path.read_text(encoding="utf-8"))
-    return dict(instances)  # only read: the filtered lists below are new, COCODetectionMetric copies them
-
-
-def _coco_image_ids(records: list[GroundingRecord], data: Mapping[str, Any]) -> list[int]:
-    """The records' COCO image ids, each checked to be an image of the instances file."""
-    missing = [r.id for r in records if r.image_id is None]
-    if missing:
-        raise ValueError(f"--instances needs COCO image ids in the records; record {missing[0]} has none")
-    known = {img["id"] for img in data.get("images", [])}
-    wanted = {r.image_id for r in records}
-    if wanted - known:
-        raise ValueError(f"image ids {sorted(wanted - known)[:5]} of the records are not in the COCO instances")
-    return [int(r.image_id) for r in records]
-
-
-def _gt_from_instances(records: list[GroundingRecord], data: Mapping[str, Any]) -> _OVDGroundTruth:
-    ids = _coco_image_ids(records, data)
-    wanted = set(ids)
-    # Only the evaluated images: the others were never shown to the model and would count as misses.
-    gt = {
-        "images": [img for img in data["images"] if img["id"] in wanted],
-        "annotations": [a for a in data.get("annotations", []) if a["image_id"] in wanted],
-        "categories": data.get("categories", []),
-    }
-    categories = {c["name"]: int(c["id"]) for c in gt["categories"]}
-    return _OVDGroundTruth(gt, ids, categories)
-
-
-def _prompt_categories(prompt: str) -> list[str]:
-    """The category names an OVD prompt lists (``[]`` for any other prompt)."""
-    match = _OVD_CATEGORIES.search(prompt)
-    try:
-        names = json.loads(match.group(1)) if match else []
-    except json.JSONDecodeError:
-        names = []
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
-
-
-# ---- checks, predictions, distributed ------------------------------------------------------------------------
 def _check_arguments(pipeline: Any, records: list[GroundingRecord], tasks: tuple[str, ...], mode: str,
                      protocol: str) -> None:
     """Fail before the first generation: unknown mode or protocol, no or wrong records, unforceable answers."""
