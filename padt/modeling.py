@@ -36,6 +36,7 @@ from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
 from padt.decoders.memory import first_subpatch_pe
 from padt.official.checkpoint import is_official_layout, load_official_model
+from padt.text.answer_formats import get_answer_format
 from padt.vision.codec import VRTCodec
 from padt.vision.context import VisionContext, VisualPrototypes
 from padt.vision.geometry import high_res_layout, merged_cell_centres, window_order
@@ -153,8 +154,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             token_rc=token_rc.to(device),
         )
         vrt_mask = codec.logit_mask(device=device)
-        if self.config.answer_format == "text-boxes":
-            # The text-coordinate baseline answers without VRTs: it may name none (logits −inf, never targets).
+        if not get_answer_format(self.config.answer_format).names_patches:
+            # A format that answers without VRTs (the text-box baseline) may name none: logits −inf, never targets.
             vrt_mask = torch.zeros_like(vrt_mask)
         return VisionContext(
             codec=codec,
@@ -365,8 +366,9 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
         Args:
             vision: the batch's context from :meth:`encode_images`.
-            states: [B, T, D] with ``states[b, t]`` the last-layer state that predicted token ``t`` (the recorded
-                generation steps, or :attr:`TeacherForcedPass.predicting_states`).
+            states: [B, T, D] last-layer states; ``states[b, p]`` for each VRT's ``p`` in ``queries.positions`` is the
+                state that predicted it (the recorded generation steps with completion positions, or a teacher-
+                forced pass's ``hidden`` with :meth:`TeacherForcedPass.predicting_queries`).
             queries: the objects' VRTs and their positions on the ``T`` axis.
             use_prototypes: decoder warm-up: read each VRT's prototype instead of the state that predicted it.
             detach_memory: keep the decoder's losses from reaching the vision tower through its memory.

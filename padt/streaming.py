@@ -47,7 +47,7 @@ class GroundingStreamer(BaseStreamer):
         self.require_labels, self.callback = require_labels, callback
         self.completion: list[int] = []
         self.sent_text = ""
-        self.delivered = 0
+        self.parsed = 0  # objects of the answer already grounded and sent (or dropped), in answer order
         self._prompt_seen = False
         self._ended = False
 
@@ -104,10 +104,10 @@ class GroundingStreamer(BaseStreamer):
                 ids, vrt_id_start=processor.vrt_id_start, eos_ids=(), require_labels=self.require_labels,
                 decode_text=lambda run: processor.tokenizer.decode(run, skip_special_tokens=True),
             )
-        objects = self._ground(answer)
-        for obj in objects[self.delivered:]:
+        # Only the objects not seen before go to the decoder: each object is decoded once.
+        answer.objects, self.parsed = answer.objects[self.parsed:], max(self.parsed, len(answer.objects))
+        for obj in self._ground(answer):
             self.callback(obj)
-        self.delivered = max(self.delivered, len(objects))
 
     def _ground(self, answer) -> list[GroundedObject]:
         queries, owners = queries_from_answers([answer], self.vision.codec, device=self.vision.prototypes.device)

@@ -245,7 +245,7 @@ def vrt_step_probabilities(
         ids = batch["input_ids"][0]
         positions = (batch["answer_mask"][0] & (ids >= vocab)).nonzero().flatten()
         # The VRT logits of the states that predicted those tokens, over this image's patches only.
-        logits = model.vrt_logits(forced.predicting_states[:, positions], forced.vision)[0]
+        logits = model.vrt_logits(forced.predicting(positions), forced.vision)[0]
     start, end = forced.vision.codec.sample_spans()[0]
     probabilities = torch.softmax(logits[:, start:end].float(), dim=-1).cpu()
     steps = [(vrt_token(int(ids[t]) - vocab), p) for t, p in zip(positions.tolist(), probabilities)]

@@ -82,16 +82,12 @@ def question_rows(
     """
     prefix_width = max(e.prefix_length for e in encoded)
     width = max(len(q) for q in question_ids)
-    device = encoded[0].prefix_ids.device
     rows, masks, types = [], [], []
     for e, question in zip(encoded, question_ids, strict=True):
-        parts = [(pad_id, prefix_width - e.prefix_length, 0), (None, e.prefix_length, 1),
-                 (pad_id, width - len(question), 0), (None, len(question), 1)]
-        tokens = [torch.full((n,), value, device=device) if value is not None else None for value, n, _ in parts]
-        tokens[1], tokens[3] = e.prefix_ids[0], torch.tensor(question, device=device)
-        rows.append(torch.cat(tokens))
-        masks.append(torch.cat([torch.full((n,), real, device=device) for _, n, real in parts]))
-        zeros = torch.zeros(prefix_width - e.prefix_length, dtype=torch.long, device=device)
-        after = torch.zeros(width, dtype=torch.long, device=device)
-        types.append(torch.cat([zeros, e.prefix_mm_token_type_ids[0], after]))
-    return torch.stack(rows), torch.stack(masks), torch.stack(types)
+        before, between = prefix_width - e.prefix_length, width - len(question)
+        ids = [pad_id] * before + e.prefix_ids[0].tolist() + [pad_id] * between + list(question)
+        rows.append(ids)
+        masks.append([0] * before + [1] * e.prefix_length + [0] * between + [1] * len(question))
+        types.append([0] * before + e.prefix_mm_token_type_ids[0].tolist() + [0] * width)
+    device = encoded[0].prefix_ids.device
+    return tuple(torch.tensor(values, dtype=torch.long, device=device) for values in (rows, masks, types))

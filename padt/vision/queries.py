@@ -11,10 +11,9 @@ the prototype row the VRT names. Training builds these queries from the targets 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from padt.decoders import DecoderOutput
 from padt.text.parser import ParsedAnswer, ParsedObject
@@ -30,8 +29,10 @@ class ObjectQueries:
         sample: LongTensor [K], the batch row of each object.
         vrt_counts: LongTensor [K], VRTs per object.
         vrt_local: LongTensor [ΣQ], each VRT's local index (``<|VRT_k|>``: patch k of the sample's images).
-        positions: LongTensor [ΣQ], each VRT's position on the time axis of the states handed to ``ground``,
-            whose entry ``states[b, t]`` is the state that predicted token ``t``.
+        positions: LongTensor [ΣQ], for each VRT the index on the time axis of the states handed to ``ground``
+            of the state that predicted it: the VRT's completion position for recorded generation states (step
+            ``s`` predicted token ``s``); in a teacher-forced sequence, built from the VRT tokens' positions and
+            shifted by :meth:`TeacherForcedPass.predicting_queries`.
     """
 
     sample: torch.Tensor
@@ -102,10 +103,14 @@ class TeacherForcedPass:
     input_ids: torch.Tensor
     hidden: torch.Tensor
 
-    @property
-    def predicting_states(self) -> torch.Tensor:
-        """[B, T, D]: entry ``t`` is the state that predicted token ``t`` (zeros at ``t = 0``: nothing predicted it)."""
-        return F.pad(self.hidden[:, :-1], (0, 0, 1, 0))
+    def predicting(self, positions: torch.Tensor) -> torch.Tensor:
+        """[B, N, D]: for each of the N token positions ``t`` (all ``>= 1``), the state that predicted token ``t``."""
+        return self.hidden[:, positions - 1]
+
+    def predicting_queries(self, queries: ObjectQueries) -> ObjectQueries:
+        """``queries`` (VRT token positions) pointing at :attr:`hidden`'s state that predicted each VRT, so that
+        ``ground(vision, self.hidden, ...)`` reads them without a shifted copy of every state."""
+        return replace(queries, positions=queries.positions - 1)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken
 
+from padt.official.released import PADT_PRO_3B, PADT_PRO_7B, QWEN2_5_VL_3B_VISION
 from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 from padt.text.qwen_tokenizer import QWEN2_5_VL_CHAT_TEMPLATE, build_tiny_tokenizer
 
@@ -111,39 +112,10 @@ def official_weight_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-# The Qwen2.5-VL-3B-Instruct config as transformers 4.50 saves it, plus what the official trainer adds.
-_VISION_3B = {
-    "model_type": "qwen2_5_vl", "depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
-    "num_heads": 16, "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2,
-    "spatial_patch_size": 14, "temporal_patch_size": 2, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-    "tokens_per_second": 2, "torch_dtype": "bfloat16",
-}
-QWEN2_5_VL_3B_OFFICIAL = {
-    "architectures": ["PaDTForConditionalGeneration"], "model_type": "qwen2_5_vl", "transformers_version": "4.50.0",
-    "torch_dtype": "bfloat16", "attention_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02,
-    "bos_token_id": 151643, "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656,
-    "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
-    "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000, "max_window_layers": 70,
-    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": False,
-    "use_cache": True, "tie_word_embeddings": True,
-    "rope_scaling": {"type": "default", "mrope_section": [16, 24, 24], "rope_type": "default"},
-    "vision_config": _VISION_3B,
-    "vl_decoder": {
-        "name": "PaDTDecoder", "attn_implementation": "flash_attention_2", "hidden_size": 1280,
-        "intermediate_size": 3420, "llm_hidden_state": 2048, "num_heads": 16, "spatial_merge_size": 2,
-        "use_mask_loss": True,
-    },
-    "use_visual_prototype_projection": True,
-}
-# Qwen2.5-VL-7B: wider, 28 layers, its own vocabulary size and an untied lm_head.
-QWEN2_5_VL_7B_OFFICIAL = {
-    **QWEN2_5_VL_3B_OFFICIAL,
-    "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-    "num_attention_heads": 28, "num_key_value_heads": 4, "max_window_layers": 28, "tie_word_embeddings": False,
-    "vision_config": {**_VISION_3B, "out_hidden_size": 3584},
-    "vl_decoder": {**QWEN2_5_VL_3B_OFFICIAL["vl_decoder"], "llm_hidden_state": 3584},
-}
+# The released configs, as a released folder holds them (the tiny one below shrinks the 3B's).
+_VISION_3B = QWEN2_5_VL_3B_VISION
+QWEN2_5_VL_3B_OFFICIAL = PADT_PRO_3B
+QWEN2_5_VL_7B_OFFICIAL = PADT_PRO_7B
 
 _SPECIAL_IDS = {
     "bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>", "vision_start_token_id": "<|vision_start|>",
