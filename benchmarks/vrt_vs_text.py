@@ -23,6 +23,11 @@ This script runs that comparison on the tiny model and synthetic shape scenes:
 
     python benchmarks/vrt_vs_text.py [--seeds 0 1 2] [--steps 600] [--images 500] [--batch-size 8] [--lr 1e-3]
         [--eval-records N] [--max-new-tokens 96] [--threads 1] [--workdir DIR] [--quick]
+    python benchmarks/vrt_vs_text.py --recipe demo [--formats vrt text-boxes] [--curve-every 2500] [--sequential]
+        [--workdir DIR] [--plot PNG] [--max-new-tokens 128] [--quick]
+
+``--recipe demo`` trains both formats with the shipped demo model's full recipe instead (two ~1.5-hour runs side
+by side on a 2-core CPU; :mod:`vrt_vs_text_demo`); its results are in ``docs/vrt_vs_text.md``.
 
 Prints a table per run, a summary, then ONE JSON line with the figures (mean ± sd over seeds, ratios VRT/text).
 """
@@ -33,7 +38,6 @@ import argparse
 import json
 import math
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from answer_format_scoring import constant_box_baseline, evaluate_run, format_mean_sd, mean_sd, qwen_tokens_per_object
 
 FORMATS = ("vrt", "text-boxes")
 #: The demo's scene recipe (padt.apps.demo.RECIPE), which the tiny model is known to learn.
@@ -63,10 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: two OpenMP threads on a shared 2-core CPU are far slower)")
     parser.add_argument("--workdir", type=Path, help="keep scenes, runs and results here (default: a temp folder)")
+    parser.add_argument("--recipe", choices=("short", "demo"), default="short",
+                        help="short: --steps from random weights per seed (default); demo: the shipped demo model's "
+                             "full recipe (30,000 steps, REC + OVD) for both formats, with held-out curves")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS),
+                        help="answer formats to train with --recipe demo (default: both)")
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="--recipe demo: score the held-out records every N steps (default 2500)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="--recipe demo: train the formats one after the other, not side by side")
+    parser.add_argument("--plot", type=Path, help="--recipe demo: PNG of the curves (default: in --workdir)")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run (~2 min): {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick and args.recipe == "short":
         for key, value in QUICK.items():
             setattr(args, key, value)
     return args
@@ -95,112 +110,16 @@ def train_run(init: Path, records: Path, images: Path, out: Path, answer_format:
     return final, time.perf_counter() - started
 
 
-class TokenCounter:
-    """Wraps ``model.generate`` to count the tokens each answer generated before its end token."""
-
-    def __init__(self, model, eos_ids: tuple[int, ...]) -> None:
-        self.model, self.eos = model, set(eos_ids)
-        self.original = model.generate
-        self.tokens = 0
-        self.answers = 0
-        self.cut_off = 0
-        model.generate = self
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        sequences = self.original(*args, **kwargs)
-        new = sequences[:, kwargs["input_ids"].shape[1]:].tolist()
-        for row in new:
-            end = next((i for i, token in enumerate(row) if token in self.eos), None)
-            self.tokens += len(row) if end is None else end
-            self.cut_off += end is None
-            self.answers += 1
-        return sequences
-
-
-def evaluate_run(final: Path, records: list, images: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from padt.evaluation import evaluate
-    from padt.pipeline import PaDTPipeline
-
-    pipeline = PaDTPipeline.from_pretrained(final, batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens)
-    counter = TokenCounter(pipeline.model, pipeline.processor.eos_ids)
-    started = time.perf_counter()
-    result = evaluate(pipeline, records, images, "rec", progress=False)
-    seconds = time.perf_counter() - started
-    objects = sum(len(p["objects"]) for p in result.predictions)
-    return {
-        "answer_format": pipeline.answer_format,
-        "acc@0.5": result.metrics["rec/acc@0.5"],
-        "mean_iou": result.metrics["rec/mean_iou"],
-        "records": len(records),
-        "objects": objects,
-        "answers_with_problems": result.metrics["answers_with_problems"],
-        "answers_cut_off": counter.cut_off,
-        "answer_tokens": counter.tokens,
-        "tokens_per_object": counter.tokens / objects if objects else math.nan,
-        "tokens_per_answer": counter.tokens / max(1, counter.answers),
-        "eval_seconds": seconds,
-        "seconds_per_object": seconds / objects if objects else math.nan,
-        "seconds_per_record": seconds / len(records),
-        "example": result.predictions[0]["text"],
-    }
-
-
-def qwen_tokens_per_object(records: list, images: Path) -> dict[str, float] | None:
-    """Ground-truth answers of both formats, tokenised with the real Qwen2.5-VL tokenizer, per object."""
-    try:
-        from padt.text.qwen_tokenizer import build_qwen_tokenizer
-
-        tokenizer = build_qwen_tokenizer()
-    except ImportError:
-        return None
-    from padt.evaluation import teacher_forced_answer
-    from padt.processing import PaDTProcessor
-    from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
-    from padt.text.text_boxes import record_text_box_answer
-
-    processor = PaDTProcessor.from_tokenizer(
-        tokenizer, vrt_id_start=len(tokenizer), min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS
-    )
-    totals = {"vrt": 0, "text-boxes": 0}
-    objects = 0
-    for record in records:
-        geometry = processor.geometry(images / record.image)
-        totals["vrt"] += len(processor.encode_text(teacher_forced_answer(record, 5)))  # as the model writes
-        totals["text-boxes"] += len(processor.encode_text(record_text_box_answer(record, geometry)))
-        objects += len(record.referenced_objects())
-    return {name: total / objects for name, total in totals.items()}
-
-
-def constant_box_baseline(train_records: list, eval_records: list) -> dict[str, float]:
-    """A model-free reference: every held-out answer is the mean training box (normalised), scored the same way."""
-    from padt.losses.box_ops import normalised_to_pixels
-    from padt.metrics import RECAccuracy
-
-    boxes = [r.objects[r.referenced_objects()[0]].bbox for r in train_records]
-    mean = torch.tensor([statistics.fmean(b[i] for b in boxes) for i in range(4)], dtype=torch.float64)
-    metric = RECAccuracy((0.5,))
-    for record in eval_records:
-        gt = torch.tensor(record.objects[0].bbox, dtype=torch.float64)
-        predicted = normalised_to_pixels(mean, record.image_hw).tolist()
-        metric.update([[predicted]], [[normalised_to_pixels(gt, record.image_hw).tolist()]])
-    values = metric.compute()
-    return {"acc@0.5": values["acc@0.5"], "mean_iou": values["mean_iou"]}
-
-
-def mean_sd(values: list[float]) -> tuple[float, float | None]:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return math.nan, None
-    return statistics.fmean(finite), (statistics.stdev(finite) if len(finite) > 1 else None)
-
-
-def _fmt(mean: float, sd: float | None, digits: int = 3) -> str:
-    return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.recipe == "demo":
+        from vrt_vs_text_demo import run_demo_recipe
+
+        from padt.evaluation import json_ready
+
+        print(json.dumps(json_ready(run_demo_recipe(args, tuple(args.formats))), allow_nan=False))
+        return 0
     from padt.datasets.records import read_jsonl
     from padt.evaluation import json_ready
     from padt.testing import tiny_pipeline
@@ -228,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 if out.exists():
                     shutil.rmtree(out)
                 final, train_seconds = train_run(init, train_records, images, out, answer_format, seed, args)
-                row = evaluate_run(final, eval_records, images, args)
+                row = evaluate_run(final, eval_records, images, batch_size=args.eval_batch_size,
+                                   max_new_tokens=args.max_new_tokens)
                 assert row["answer_format"] == answer_format
                 last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
                 row.update(seed=seed, train_seconds=train_seconds, final_ce=last["ce"],
@@ -266,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for answer_format in FORMATS:
         s = summary[answer_format]
-        print(f"| {answer_format} | {_fmt(s['acc@0.5']['mean'], s['acc@0.5']['sd'])} "
-              f"| {_fmt(s['mean_iou']['mean'], s['mean_iou']['sd'])} "
-              f"| {_fmt(s['tokens_per_object']['mean'], s['tokens_per_object']['sd'], 1)} "
-              f"| {_fmt(s['seconds_per_object']['mean'], s['seconds_per_object']['sd'], 4)} "
+        print(f"| {answer_format} | {format_mean_sd(s['acc@0.5']['mean'], s['acc@0.5']['sd'])} "
+              f"| {format_mean_sd(s['mean_iou']['mean'], s['mean_iou']['sd'])} "
+              f"| {format_mean_sd(s['tokens_per_object']['mean'], s['tokens_per_object']['sd'], 1)} "
+              f"| {format_mean_sd(s['seconds_per_object']['mean'], s['seconds_per_object']['sd'], 4)} "
               f"| {s['answers_with_problems']} |")
     print(f"| VRT / text | {ratios['acc@0.5']:.3f} | | {ratios['tokens_per_object']:.3f} "
           f"| {ratios['seconds_per_object']:.3f} | |")
