@@ -9,6 +9,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         ".attention": ("flash_attn_available",),
         ".config": ("PaDTDecoderConfig",),
+        ".layer_pooling": ("LayerAttentionPooling",),
         ".layers": ("RMSNorm", "RotaryPE"),
         ".memory": ("DecoderMemory", "DecoderOutput", "first_subpatch_pe"),
         ".official_names": ("from_official_state_dict", "official_name_map", "to_official_name"),

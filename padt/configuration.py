@@ -47,6 +47,12 @@ class PaDTConfig(Qwen2_5_VLConfig):
         decoder_config (`dict`, *optional*):
             Settings of :class:`padt.decoders.PaDTDecoderConfig`. Sizes left out are taken from the vision tower
             (hidden size, heads, MLP width, merge size) and the language model (hidden size).
+        vrt_state_layers (`list[int]`, *optional*):
+            Language-model layers whose output states the decoder pools with the last layer's state for each VRT
+            (layer-wise attention pooling, :class:`padt.decoders.LayerAttentionPooling`): `0` is the embedding
+            output, `i` the output of layer `i` (below the last). `None` (the default, as in the paper and the
+            released checkpoints): the decoder reads the last layer's state only. The pooling starts as that
+            default (its output projection is zero) and learns how much of each layer to add.
         answer_format (`str`, *optional*, defaults to `"vrt"`):
             How the model answers: `"vrt"` (PaDT: visual reference tokens, decoded to boxes and masks) or
             `"text-boxes"` (the text-coordinate baseline: Qwen2.5-VL's JSON boxes, see :mod:`padt.text.text_boxes`).
@@ -72,6 +78,7 @@ class PaDTConfig(Qwen2_5_VLConfig):
     patch_order: str = "raster"
     num_vrt_per_object: int = 5
     decoder_config: dict | None = None
+    vrt_state_layers: list[int] | None = None
     answer_format: str = "vrt"
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -85,6 +92,7 @@ class PaDTConfig(Qwen2_5_VLConfig):
         get_answer_format(self.answer_format)  # raises ValueError naming the known formats
         if self.num_vrt_per_object < 1:
             raise ValueError(f"num_vrt_per_object must be at least 1, got {self.num_vrt_per_object}")
+        self._check_state_layers()
         if self.prototype_position_encoding and not self.use_visual_prototype_projection:
             raise ValueError("prototype_position_encoding needs use_visual_prototype_projection=True")
         vision = self.vision_config
@@ -103,6 +111,17 @@ class PaDTConfig(Qwen2_5_VLConfig):
             raise ValueError(
                 f"decoder_config hidden_size ({self.decoder_config['hidden_size']}) must equal the vision tower's "
                 f"hidden_size ({vision.hidden_size})"
+            )
+
+    def _check_state_layers(self) -> None:
+        layers = self.vrt_state_layers
+        if layers is None:
+            return
+        below_last = self.text_config.num_hidden_layers
+        if not layers or any(not 0 <= layer < below_last for layer in layers) or len(set(layers)) != len(layers):
+            raise ValueError(
+                f"vrt_state_layers must be distinct layer indices in [0, {below_last}) (0: the embeddings, i: the "
+                f"output of layer i; the last layer is always pooled), or None; got {layers}"
             )
 
 

@@ -31,7 +31,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from transformers.vision_utils import get_vision_position_ids
 
 from padt.configuration import PaDTConfig
-from padt.decoders import DecoderMemory, PaDTDecoder, PaDTDecoderConfig
+from padt.decoders import DecoderMemory, LayerAttentionPooling, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
 from padt.decoders.memory import first_subpatch_pe
@@ -64,6 +64,11 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             norm_init=config.vrt_norm_init,
         )
         self.vrt_decoder = PaDTDecoder(PaDTDecoderConfig.from_dict(config.decoder_config))
+        self.vrt_state_pooling = None
+        if config.vrt_state_layers:
+            self.vrt_state_pooling = LayerAttentionPooling(
+                text.hidden_size, len(config.vrt_state_layers), eps=text.rms_norm_eps
+            )
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -74,6 +79,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         # those parents would never run for missing keys. The init functions are guarded by the loader, so loaded
         # parameters are left as they are.
         prototypes, decoder = self._modules.get("vrt_prototypes"), self._modules.get("vrt_decoder")
+        pooling = self._modules.get("vrt_state_pooling")
+        if pooling is not None and any(module is m for m in pooling.modules()):
+            pooling.reset_parameters() if module is pooling else pooling.init_child(module)
+            return
         if prototypes is not None and any(module is m for m in prototypes.modules()):
             prototypes.init_child(module)
             return
@@ -164,6 +173,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vrt_mask=vrt_mask,
             memory=memory,
             grid_thw=image_grid_thw,
+            state_layers=len(self.config.vrt_state_layers or ()) + 1 if self.vrt_state_pooling is not None else 0,
         )
 
     # ---- embeddings and logits ---------------------------------------------------------------------------
@@ -245,11 +255,12 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             use_cache=use_cache,
             image_grid_thw=image_grid_thw if image_grid_thw is not None else (vision.grid_thw if vision else None),
             mm_token_type_ids=mm_token_type_ids,
-            **kwargs,
+            **self._hidden_states_kwargs(kwargs),
         )
         hidden = outputs.last_hidden_state
         if vision is not None and vision.recorder is not None:
-            vision.recorder.record(hidden[:, -1])
+            layer_states = self._layer_states(outputs)
+            vision.recorder.record((hidden if layer_states is None else layer_states)[:, -1])
         kept = slice_logits_to_keep(hidden, logits_to_keep)
         logits = self.lm_head(kept)
         if vision is not None:
@@ -276,17 +287,33 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """[B, T, D] last-layer hidden states (after the final norm) of a teacher-forced pass, no logits.
 
         ``input_ids`` hold batch-global VRT ids. The state at position ``t`` is the one that predicts token
-        ``t + 1``: training losses and :meth:`decode_objects` pick states this way.
+        ``t + 1``: training losses and :meth:`ground` pick states this way.
         """
-        outputs = self.model(
+        return self._answer_outputs(input_ids, vision, attention_mask, mm_token_type_ids).last_hidden_state
+
+    def _answer_outputs(self, input_ids, vision, attention_mask, mm_token_type_ids) -> Any:
+        """The language model's outputs of a teacher-forced pass (every layer's states with layer pooling)."""
+        return self.model(
             input_ids=input_ids,
             inputs_embeds=self.embed_input_ids(input_ids, vision),
             attention_mask=attention_mask,
             image_grid_thw=vision.grid_thw if vision is not None else None,
             mm_token_type_ids=mm_token_type_ids,
             use_cache=False,
+            **self._hidden_states_kwargs({}),
         )
-        return outputs.last_hidden_state
+
+    def _hidden_states_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` asking the language model for every layer's states when the decoder pools some of them."""
+        return {**kwargs, "output_hidden_states": True} if self.vrt_state_pooling is not None else kwargs
+
+    def _layer_states(self, outputs: Any) -> torch.Tensor | None:
+        """[B, T, L + 1, D]: the outputs of ``config.vrt_state_layers``, then the last layer's final-normed state
+        (what :class:`~padt.decoders.LayerAttentionPooling` pools); None without layer pooling."""
+        if self.vrt_state_pooling is None:
+            return None
+        chosen = [outputs.hidden_states[layer] for layer in self.config.vrt_state_layers]
+        return torch.stack(chosen + [outputs.last_hidden_state], dim=-2)
 
     # ---- generation --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -350,8 +377,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 inputs["input_ids"].shape[0],
             )
         input_ids = vision.codec.to_global(inputs["input_ids"])
-        hidden = self.answer_states(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
-        return TeacherForcedPass(vision, input_ids, hidden)
+        outputs = self._answer_outputs(input_ids, vision, inputs["attention_mask"], inputs["mm_token_type_ids"])
+        return TeacherForcedPass(vision, input_ids, outputs.last_hidden_state, self._layer_states(outputs))
 
     def ground(
         self,
@@ -366,9 +393,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
         Args:
             vision: the batch's context from :meth:`encode_images`.
-            states: [B, T, D] last-layer states; ``states[b, p]`` for each VRT's ``p`` in ``queries.positions`` is the
-                state that predicted it (the recorded generation steps with completion positions, or a teacher-
-                forced pass's ``hidden`` with :meth:`TeacherForcedPass.predicting_queries`).
+            states: [B, T, D] last-layer states, or [B, T, L + 1, D] layer states with layer pooling
+                (``config.vrt_state_layers``); ``states[b, p]`` for each VRT's ``p`` in ``queries.positions`` is
+                the state that predicted it (the recorded generation steps with completion positions, or a
+                teacher-forced pass's ``decoder_states`` with :meth:`TeacherForcedPass.predicting_queries`).
             queries: the objects' VRTs and their positions on the ``T`` axis.
             use_prototypes: decoder warm-up: read each VRT's prototype instead of the state that predicted it.
             detach_memory: keep the decoder's losses from reaching the vision tower through its memory.
@@ -378,6 +406,8 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vrt_states = vision.prototypes[rows]
         else:
             vrt_states = states[queries.vrt_sample, queries.positions]
+            if self.vrt_state_pooling is not None:
+                vrt_states = self.vrt_state_pooling(vrt_states)
         object_image = vision.codec.image_of_rows(rows[queries.first_vrt])
         memory = vision.memory
         if detach_memory:

@@ -295,7 +295,8 @@ class PaDTPipeline:
         forced = self.model.teacher_forced(batch, vision=encoded.vision if encoded else None)
         answer_positions = batch["answer_mask"][0].nonzero().flatten()
         completion = batch["input_ids"][0, answer_positions]
-        states = forced.predicting(answer_positions)[0]  # [answer tokens, D], aligned with the completion
+        # [answer tokens, (L + 1,) D], aligned with the completion
+        states = forced.predicting(answer_positions, for_decoder=True)[0]
         output = self._ground(forced.vision, batch.geometries, [completion], states[None], require_labels)[0]
         if streamer is not None:  # the whole answer is known at once: its text, then its objects
             for event in [output.text, *output.objects]:

@@ -69,7 +69,7 @@ class PaDTObjective(nn.Module):
         decoder_terms = {}
         if batch.num_objects:
             decoded = model.ground(
-                vision, hidden, forced.predicting_queries(batch.queries),
+                vision, forced.decoder_states, forced.predicting_queries(batch.queries),
                 use_prototypes=use_gt_prototypes, detach_memory=not self.decoder_trains_vision,
             ).output
             decoder_terms = dict(

@@ -69,16 +69,16 @@ class StateRecorder:
     Step ``s`` holds the state that predicted generated token ``s``: the decoder's input for a VRT there.
     """
 
-    def __init__(self, num_samples: int, width: int, like: torch.Tensor) -> None:
+    def __init__(self, num_samples: int, step_shape: tuple[int, ...], like: torch.Tensor) -> None:
         self._steps: list[torch.Tensor] = []
-        self._empty = like.new_zeros(num_samples, 0, width)
+        self._empty = like.new_zeros(num_samples, 0, *step_shape)
 
     def record(self, last_states: torch.Tensor) -> None:
-        """Add one step: [B, D] states of the last position."""
+        """Add one step: [B, D] states of the last position ([B, L + 1, D] layer states with layer pooling)."""
         self._steps.append(last_states)
 
     def states(self) -> torch.Tensor:
-        """[B, steps, D] (steps may be 0)."""
+        """[B, steps, D] or, with layer pooling, [B, steps, L + 1, D] (steps may be 0)."""
         return torch.stack(self._steps, dim=1) if self._steps else self._empty
 
 
@@ -94,6 +94,8 @@ class VisionContext:
         memory: the decoder's view of the images (prototypes, pre-merger features, rotary PE, positions).
         grid_thw: [I, 3] the processor's ViT grids.
         recorder: where the model's forward puts each step's last-layer states, while :meth:`recording` is open.
+        state_layers: L + 1 when the model's decoder pools layer states (``PaDTConfig.vrt_state_layers``): each
+            recorded step then holds that many states per sample. 0 without layer pooling.
     """
 
     codec: VRTCodec
@@ -103,6 +105,7 @@ class VisionContext:
     memory: DecoderMemory
     grid_thw: torch.Tensor
     recorder: StateRecorder | None = field(default=None, repr=False)
+    state_layers: int = 0
 
     @contextmanager
     def recording(self) -> Iterator[StateRecorder]:
@@ -112,7 +115,9 @@ class VisionContext:
                 model.generate(..., vision=vision)
             states = recorded.states()   # [B, steps, D]
         """
-        self.recorder = StateRecorder(self.codec.num_samples, self.prototypes.shape[-1], self.prototypes)
+        width = self.prototypes.shape[-1]
+        step_shape = (self.state_layers, width) if self.state_layers else (width,)
+        self.recorder = StateRecorder(self.codec.num_samples, step_shape, self.prototypes)
         try:
             yield self.recorder
         finally:
@@ -155,4 +160,5 @@ class VisionContext:
                 token_rc=torch.cat([m.token_rc for m in memories]),
             ),
             grid_thw=cat("grid_thw"),
+            state_layers=contexts[0].state_layers,
         )

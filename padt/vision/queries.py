@@ -91,25 +91,34 @@ def queries_from_answers(
 
 @dataclass
 class TeacherForcedPass:
-    """What one teacher-forced pass gives: the vision context, the batch-global ids and the last-layer states.
+    """What one teacher-forced pass gives: the vision context, the batch-global ids and the states.
 
     Attributes:
         vision: the batch's :class:`~padt.vision.context.VisionContext`.
         input_ids: [B, T] ids with batch-global VRT ids.
         hidden: [B, T, D] last-layer states; ``hidden[:, t]`` predicts token ``t + 1``.
+        layer_states: [B, T, L + 1, D] the states the decoder pools when the model pools layers
+            (``PaDTConfig.vrt_state_layers``), else None.
     """
 
     vision: VisionContext
     input_ids: torch.Tensor
     hidden: torch.Tensor
+    layer_states: torch.Tensor | None = None
 
-    def predicting(self, positions: torch.Tensor) -> torch.Tensor:
-        """[B, N, D]: for each of the N token positions ``t`` (all ``>= 1``), the state that predicted token ``t``."""
-        return self.hidden[:, positions - 1]
+    @property
+    def decoder_states(self) -> torch.Tensor:
+        """What ``model.ground`` reads: :attr:`layer_states` when the model pools layers, else :attr:`hidden`."""
+        return self.hidden if self.layer_states is None else self.layer_states
+
+    def predicting(self, positions: torch.Tensor, *, for_decoder: bool = False) -> torch.Tensor:
+        """[B, N, D]: for each of the N token positions ``t`` (all ``>= 1``), the state that predicted token ``t``
+        (with ``for_decoder``, from :attr:`decoder_states`: [B, N, L + 1, D] when the model pools layers)."""
+        return (self.decoder_states if for_decoder else self.hidden)[:, positions - 1]
 
     def predicting_queries(self, queries: ObjectQueries) -> ObjectQueries:
-        """``queries`` (VRT token positions) pointing at :attr:`hidden`'s state that predicted each VRT, so that
-        ``ground(vision, self.hidden, ...)`` reads them without a shifted copy of every state."""
+        """``queries`` (VRT token positions) pointing at the state that predicted each VRT, so that
+        ``ground(vision, self.decoder_states, ...)`` reads them without a shifted copy of every state."""
         return replace(queries, positions=queries.positions - 1)
 
 
