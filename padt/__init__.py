@@ -1,4 +1,4 @@
-"""padt: grounding with visual reference tokens (Patch-as-Decodable-Token) on Qwen2.5-VL.
+"""padt: grounding with visual reference tokens (Patch-as-Decodable-Token) on Qwen2.5-VL and Qwen3-VL.
 
 ```python
 import padt
@@ -23,8 +23,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __getattr__, __dir__, _names = lazy_exports(
     __name__,
     {
-        ".configuration": ("PaDTConfig",),
-        ".modeling": ("PaDTForConditionalGeneration",),
+        ".configuration": ("PaDTConfig", "PaDTQwen3VLConfig"),
+        ".modeling": ("PaDTForConditionalGeneration", "PaDTQwen3VLForConditionalGeneration"),
         ".processing": ("PaDTProcessor",),
         ".pipeline": ("PaDTPipeline",),
         ".results": ("GroundedObject", "GroundedOutput"),

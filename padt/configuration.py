@@ -1,22 +1,24 @@
-"""PaDTConfig: a Qwen2.5-VL configuration plus the settings of the PaDT modules."""
+"""PaDT configurations: a Qwen2.5-VL or Qwen3-VL configuration plus the settings of the PaDT modules."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, Qwen2_5_VLConfig
+from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen3VLConfig
 
+from padt.backbones import QWEN2_5_VL, QWEN3_VL, Backbone, backbone_of_model_type
 from padt.text.answer_formats import get_answer_format
 from padt.vision.geometry import PATCH_ORDERS
 
 
-@strict
-class PaDTConfig(Qwen2_5_VLConfig):
-    r"""Configuration of :class:`~padt.PaDTForConditionalGeneration`.
-
-    Everything of ``Qwen2_5_VLConfig`` (``text_config``, ``vision_config``, special token ids) plus:
+@dataclass
+class PaDTSettings:
+    r"""The settings of the PaDT modules, shared by :class:`PaDTConfig` (Qwen2.5-VL) and :class:`PaDTQwen3VLConfig`
+    (Qwen3-VL): everything of the backbone's configuration (``text_config``, ``vision_config``, special token
+    ids) plus:
 
     Args:
         vrt_proj_rank (`int`, *optional*, defaults to 64):
@@ -67,8 +69,6 @@ class PaDTConfig(Qwen2_5_VLConfig):
     True
     ```
     """
-
-    model_type = "padt_qwen2_5_vl"
 
     vrt_proj_rank: int = 64
     vrt_norm_eps: float | None = None
@@ -125,6 +125,55 @@ class PaDTConfig(Qwen2_5_VLConfig):
             )
 
 
+@strict
+class PaDTConfig(PaDTSettings, Qwen2_5_VLConfig):
+    """Configuration of :class:`~padt.PaDTForConditionalGeneration`: Qwen2.5-VL plus :class:`PaDTSettings`."""
+
+    model_type = QWEN2_5_VL.padt_model_type
+    backbone: ClassVar[Backbone] = QWEN2_5_VL
+
+
+@strict
+class PaDTQwen3VLConfig(PaDTSettings, Qwen3VLConfig):
+    """Configuration of :class:`~padt.PaDTQwen3VLForConditionalGeneration`: Qwen3-VL plus :class:`PaDTSettings`.
+
+    ``patch_order`` must be ``"raster"``: the ``"official"`` order reproduces released Qwen2.5-VL checkpoints, whose
+    vision tower has windows; Qwen3-VL's has none.
+    """
+
+    model_type = QWEN3_VL.padt_model_type
+    backbone: ClassVar[Backbone] = QWEN3_VL
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.patch_order != "raster":
+            raise ValueError(
+                f"patch_order {self.patch_order!r} is for released Qwen2.5-VL PaDT checkpoints; Qwen3-VL has no "
+                "window attention, so its patches are always in 'raster' order"
+            )
+
+
+CONFIG_CLASSES = (PaDTConfig, PaDTQwen3VLConfig)
+
+
+def padt_config_class(model_type: str | None) -> type[PaDTConfig] | type[PaDTQwen3VLConfig]:
+    """The PaDT configuration class for a backbone's (or a PaDT model's) ``model_type``: the plain backbone
+    chooses which PaDT configuration it becomes. ``ValueError`` for other model types."""
+    backbone = backbone_of_model_type(model_type)
+    if backbone is None:
+        known = ", ".join(f"{c.backbone.base_model_type} / {c.model_type}" for c in CONFIG_CLASSES)
+        raise ValueError(f"model_type {model_type!r} is not a backbone PaDT supports ({known})")
+    return next(c for c in CONFIG_CLASSES if c.backbone is backbone)
+
+
+def padt_config_from_base(base: dict[str, Any], **settings: Any) -> PaDTConfig | PaDTQwen3VLConfig:
+    """A PaDT configuration from a plain backbone's ``config.json`` contents (its ``model_type`` chooses the class)
+    and PaDT ``settings``."""
+    fields = {k: v for k, v in base.items() if k not in ("model_type", "architectures")}
+    return padt_config_class(base.get("model_type"))(**fields, **settings)
+
+
 # transformers' public registration API: lets AutoConfig (and AutoTokenizer, which reads config.json) know the
-# PaDT model type. It adds an entry to transformers' registry; it replaces nothing.
-AutoConfig.register(PaDTConfig.model_type, PaDTConfig, exist_ok=True)
+# PaDT model types. It adds entries to transformers' registry; it replaces nothing.
+for _config_class in CONFIG_CLASSES:
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)

@@ -11,12 +11,16 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from padt.backbones import BACKBONES
+
 #: Where transformers looks for the weights of a folder, in safetensors (the only format padt reads).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 #: Either file gives a tokenizer: the fast tokenizer's JSON, or the BPE vocabulary and merges.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
-#: ``PaDTConfig.model_type``, repeated so that these checks need not import transformers (a test keeps them equal).
-PADT_MODEL_TYPE = "padt_qwen2_5_vl"
+#: ``model_type`` of a PaDT model on each backbone (:mod:`padt.backbones` imports no transformers).
+PADT_MODEL_TYPES = tuple(backbone.padt_model_type for backbone in BACKBONES.values())
+#: ``model_type`` of the plain backbones (starting points for ``padt train --model``).
+BASE_MODEL_TYPES = tuple(backbone.base_model_type for backbone in BACKBONES.values())
 #: Weight-name prefixes only a PaDT model has: ours, and the official release's.
 PADT_WEIGHT_PREFIXES = ("vrt_decoder.", "vrt_prototypes.", "vl_decoder.", "vis_proj.")
 
@@ -60,15 +64,16 @@ def _model_kind(folder: Path, config: dict) -> str:
     if "vl_decoder" in config:
         return "official"
     model_type = config.get("model_type")
-    if model_type == PADT_MODEL_TYPE:
+    if model_type in PADT_MODEL_TYPES:
         return "padt"
-    if model_type in ("qwen2_5_vl", "qwen2_vl", "qwen3_vl"):
+    if model_type in (*BASE_MODEL_TYPES, "qwen2_vl"):
         raise ValueError(
             f"{folder} is a plain {model_type} folder, not a PaDT model: it has no PaDT decoder to ground with. "
             f"To add the PaDT modules and fine-tune it, run `padt train --model {folder} ...`"
         )
     raise ValueError(
-        f"{folder}/config.json has model_type {model_type!r}: not a PaDT model (expected {PADT_MODEL_TYPE!r})"
+        f"{folder}/config.json has model_type {model_type!r}: not a PaDT model (expected one of "
+        f"{', '.join(map(repr, PADT_MODEL_TYPES))})"
     )
 
 

@@ -21,20 +21,17 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from padt.backbones import QWEN2_5_VL, QWEN3_VL, Backbone
 from padt.official.checkpoint import is_official_layout, load_official_processor
 from padt.text.answer_formats import get_answer_format
 from padt.text.parser import ParsedAnswer
 from padt.text.prompts import VRT_PATTERN, vrt_token
-from padt.text.qwen_tokenizer import QWEN2_5_VL_CHAT_TEMPLATE
-from padt.vision.geometry import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_PIXELS,
-    QWEN2_5_VL_MERGE_SIZE,
-    QWEN2_5_VL_PATCH_SIZE,
-    GridSpec,
-    ImageGeometry,
-)
+from padt.text.qwen_tokenizer import QWEN2_5_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
+from padt.vision.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, GridSpec, ImageGeometry
 from padt.vision.images import ImageInput, load_image
+
+#: The chat template each backbone's processor uses.
+CHAT_TEMPLATES = {QWEN2_5_VL.name: QWEN2_5_VL_CHAT_TEMPLATE, QWEN3_VL.name: QWEN3_VL_CHAT_TEMPLATE}
 
 
 class PaDTBatch(BatchFeature):
@@ -58,7 +55,8 @@ class PaDTBatch(BatchFeature):
 
 
 class PaDTProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor for PaDT: images only, VRT-aware text, answers for teacher forcing.
+    """Qwen-VL processor for PaDT (Qwen2.5-VL or Qwen3-VL: patch size, normalisation and chat template say which):
+    images only, VRT-aware text, answers for teacher forcing.
 
     Build one with :meth:`from_tokenizer`, or load a saved one with ``PaDTProcessor.from_pretrained(folder)``
     (``vrt_id_start``, ``longest_side`` and the pixel budget are saved in ``processor_config.json``).
@@ -119,18 +117,22 @@ class PaDTProcessor(Qwen2_5_VLProcessor):
         vrt_id_start: int | None,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        patch_size: int = QWEN2_5_VL_PATCH_SIZE,
-        merge_size: int = QWEN2_5_VL_MERGE_SIZE,
         longest_side: int | None = None,
+        backbone: Backbone = QWEN2_5_VL,
+        chat_template: str | None = None,
     ) -> PaDTProcessor:
-        """A processor over ``tokenizer`` with the given pixel budget (defaults: the official PaDT budget) and
-        ``longest_side`` (default: native size)."""
+        """A processor over ``tokenizer`` for ``backbone`` (its patch and merge sizes, normalisation and chat
+        template; ``chat_template`` replaces the template, e.g. with a backbone folder's own), with the given pixel
+        budget (defaults: the official PaDT budget) and ``longest_side`` (default: native size)."""
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
         image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=merge_size
+            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=backbone.patch_size,
+            merge_size=backbone.merge_size, image_mean=list(backbone.image_mean), image_std=list(backbone.image_std),
         )
-        return cls(image_processor, tokenizer, vrt_id_start=vrt_id_start, longest_side=longest_side)
+        template = chat_template or CHAT_TEMPLATES[backbone.name]
+        return cls(image_processor, tokenizer, chat_template=template, vrt_id_start=vrt_id_start,
+                   longest_side=longest_side)
 
     # ---- settings --------------------------------------------------------------------------------------------
     @property
@@ -489,9 +491,10 @@ def _register() -> None:
     # transformers' public registration API, so AutoProcessor.from_pretrained finds PaDTProcessor for PaDT folders.
     from transformers import AutoProcessor
 
-    from padt.configuration import PaDTConfig
+    from padt.configuration import CONFIG_CLASSES
 
-    AutoProcessor.register(PaDTConfig, PaDTProcessor, exist_ok=True)
+    for config_class in CONFIG_CLASSES:
+        AutoProcessor.register(config_class, PaDTProcessor, exist_ok=True)
 
 
 _register()

@@ -1,8 +1,9 @@
 """A tiny random PaDT for tests, examples and the demo: builds in about a second, runs on any CPU.
 
-The tiny model is a real :class:`~padt.PaDTForConditionalGeneration` (all code paths of the full-size model)
-with a small configuration and a small byte-level BPE tokenizer trained offline with the Qwen special tokens
-and chat template (:func:`padt.text.qwen_tokenizer.build_tiny_tokenizer`).
+The tiny model is a real :class:`~padt.PaDTForConditionalGeneration` (Qwen2.5-VL, the default) or
+:class:`~padt.PaDTQwen3VLForConditionalGeneration` (``backbone="qwen3-vl"``): all code paths of the full-size
+model, with a small configuration and a small byte-level BPE tokenizer trained offline with the Qwen special
+tokens (:func:`padt.text.qwen_tokenizer.build_tiny_tokenizer`) and the backbone's chat template.
 """
 
 from __future__ import annotations
@@ -12,51 +13,31 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from padt.configuration import PaDTConfig
-from padt.modeling import PaDTForConditionalGeneration
+from padt.backbones import QWEN2_5_VL, get_backbone
+from padt.configuration import PaDTConfig, PaDTQwen3VLConfig, padt_config_class
+from padt.modeling import MODEL_CLASSES
 from padt.pipeline import PaDTPipeline
 from padt.processing import PaDTProcessor
 from padt.text.prompts import VRT_PATTERN
 from padt.text.qwen_tokenizer import build_tiny_tokenizer
-from padt.vision.geometry import QWEN2_5_VL_MERGE_SIZE, QWEN2_5_VL_PATCH_SIZE
 
 #: Pixel budget of the tiny model: 224x224 images give a 8x8 merged grid (64 VRTs).
 TINY_MIN_PIXELS = 56 * 56
 TINY_MAX_PIXELS = 224 * 224
 
 
-def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
-    """The tiny configuration: text 2x128 (4 heads), vision 2x64 (2 heads of 32), decoder 1+1 blocks.
+def tiny_config(tokenizer=None, backbone: str = QWEN2_5_VL.name, **overrides: Any) -> PaDTConfig | PaDTQwen3VLConfig:
+    """The tiny configuration: text 2x128 (4 heads), vision 2x64 (2 heads of 32), decoder 1+1 blocks, on
+    ``backbone`` (``"qwen2.5-vl"``: 14-px patches, window attention; ``"qwen3-vl"``: 16-px patches, DeepStack
+    from the first vision layer, interleaved M-RoPE).
 
     ``overrides`` replace top-level fields (``vrt_proj_rank=4``, ``patch_order="official"``, ...);
     ``text_config``/``vision_config``/``decoder_config`` dicts are merged into the defaults.
     """
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _SPECIALS.items()}
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-        bos_token_id=ids["pad"],
-        eos_token_id=ids["eos"],
-        pad_token_id=ids["pad"],
-    )
-    vision = dict(
-        depth=2,
-        hidden_size=64,
-        num_heads=2,
-        intermediate_size=128,
-        out_hidden_size=128,
-        fullatt_block_indexes=[1],
-        window_size=112,
-        patch_size=QWEN2_5_VL_PATCH_SIZE,
-        spatial_merge_size=QWEN2_5_VL_MERGE_SIZE,
-    )
+    spec = get_backbone(backbone)
+    text, vision = _tiny_text(len(tokenizer), ids, spec.name), _tiny_vision(spec.name)
     # At width 64 the reference's N(0, 0.02) init nearly silences the 3-layer box MLP; ~1/sqrt(64) trains fast.
     # Position encodings in the decoder's memory let the box head read coordinates (see PaDTDecoderConfig).
     decoder = dict(
@@ -68,7 +49,7 @@ def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
     decoder.update(overrides.pop("decoder_config", {}))
     settings = dict(vrt_proj_rank=16, tie_word_embeddings=True, prototype_position_encoding=True)
     settings.update(overrides)
-    return PaDTConfig(
+    return padt_config_class(spec.padt_model_type)(
         text_config=text,
         vision_config=vision,
         decoder_config=decoder,
@@ -78,6 +59,41 @@ def tiny_config(tokenizer=None, **overrides: Any) -> PaDTConfig:
         vision_end_token_id=ids["vision_end"],
         **settings,
     )
+
+
+def _tiny_text(vocab_size: int, ids: dict[str, int], backbone: str) -> dict[str, Any]:
+    """The tiny language model: 2 layers of width 128, 4 heads of 32 (2 key/value heads)."""
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        bos_token_id=ids["pad"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+    )
+    if backbone == "qwen3-vl":  # explicit head width; M-RoPE sections interleaved over the 16 rotary pairs
+        text.update(head_dim=32)
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+    return text
+
+
+def _tiny_vision(backbone: str) -> dict[str, Any]:
+    """The tiny vision tower: 2 blocks of width 64, 2 heads of 32, merged 2 x 2 into width 128."""
+    spec = get_backbone(backbone)
+    vision = dict(
+        depth=2, hidden_size=64, num_heads=2, intermediate_size=128, out_hidden_size=128,
+        patch_size=spec.patch_size, spatial_merge_size=spec.merge_size,
+    )
+    if backbone == "qwen3-vl":  # a learned 8 x 8 position grid (resampled per image); DeepStack from block 0
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[0])
+    else:  # block 0 attends within 112-px windows, block 1 globally
+        vision.update(fullatt_block_indexes=[1], window_size=112)
+    return vision
 
 
 def settings_patch_order(overrides: dict[str, Any]) -> str:
@@ -100,19 +116,22 @@ def tiny_pipeline(
     min_pixels: int = TINY_MIN_PIXELS,
     max_pixels: int = TINY_MAX_PIXELS,
     max_new_tokens: int = 48,
+    backbone: str = QWEN2_5_VL.name,
     **overrides: Any,
 ) -> PaDTPipeline:
-    """A random tiny PaDT pipeline (model in eval mode, float32, CPU), deterministic for a ``seed``."""
+    """A random tiny PaDT pipeline on ``backbone`` (model in eval mode, float32, CPU), deterministic for a
+    ``seed``."""
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config(tokenizer, **overrides)
+    config = tiny_config(tokenizer, backbone, **overrides)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = PaDTForConditionalGeneration(config)
+        model = MODEL_CLASSES[backbone](config)
     model.generation_config.eos_token_id = [config.text_config.eos_token_id]
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.eval()
     processor = PaDTProcessor.from_tokenizer(
-        tokenizer, vrt_id_start=config.text_config.vocab_size, min_pixels=min_pixels, max_pixels=max_pixels
+        tokenizer, vrt_id_start=config.text_config.vocab_size, min_pixels=min_pixels, max_pixels=max_pixels,
+        backbone=config.backbone,
     )
     return PaDTPipeline(model, processor, max_new_tokens=max_new_tokens)
 

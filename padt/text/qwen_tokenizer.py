@@ -60,20 +60,33 @@ _NUM_SKIPPED_SPECIALS = 14  # <|endoftext|> .. <|video_pad|>
 QWEN_SPECIAL_START_ID = 151643
 
 #: The Qwen2.5-VL chat template (default system prompt, images before text in a user turn).
-QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+def _chat_template(default_system: str | None) -> str:
+    """The Qwen-VL chat template for images, videos and text; ``default_system`` is written before a conversation
+    that has no system message of its own (Qwen2.5-VL), or nothing is (Qwen3-VL)."""
+    system = (
+        "{% if loop.first and message['role'] != 'system' %}"
+        f"<|im_start|>system\n{default_system}<|im_end|>\n{{% endif %}}"
+        if default_system else ""
+    )
+    return (
+        "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+        "{% for message in messages %}" + system +
+        "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+        "{% else %}{% for content in message['content'] %}"
+        "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+        "{% set image_count.value = image_count.value + 1 %}"
+        "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+        "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+        "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+#: Qwen2.5-VL's chat template (images and text), with its default system message.
+QWEN2_5_VL_CHAT_TEMPLATE = _chat_template("You are a helpful assistant.")
+#: Qwen3-VL's: the same turns, and a system message only when the conversation has one.
+QWEN3_VL_CHAT_TEMPLATE = _chat_template(None)
 
 
 def _bytes_to_unicode() -> list[str]:

@@ -96,6 +96,8 @@ class VisionContext:
         recorder: where the model's forward puts each step's last-layer states, while :meth:`recording` is open.
         state_layers: L + 1 when the model's decoder pools layer states (``PaDTConfig.vrt_state_layers``): each
             recorded step then holds that many states per sample. 0 without layer pooling.
+        deepstack: Qwen3-VL's DeepStack features, one [P, D] tensor per vision layer it feeds into the language
+            model (rows as ``image_embeds``); empty for backbones without DeepStack.
     """
 
     codec: VRTCodec
@@ -106,6 +108,7 @@ class VisionContext:
     grid_thw: torch.Tensor
     recorder: StateRecorder | None = field(default=None, repr=False)
     state_layers: int = 0
+    deepstack: tuple[torch.Tensor, ...] = ()
 
     @contextmanager
     def recording(self) -> Iterator[StateRecorder]:
@@ -161,4 +164,5 @@ class VisionContext:
             ),
             grid_thw=cat("grid_thw"),
             state_layers=contexts[0].state_layers,
+            deepstack=tuple(torch.cat(layer) for layer in zip(*(c.deepstack for c in contexts))),
         )

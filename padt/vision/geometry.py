@@ -16,7 +16,8 @@ Frames, from the user's image to the vision tower's tokens:
 * **normalised** ``[0, 1]``: relative to the image's height and width, in any of the frames above.
 
 The backbone's numbers live in :class:`GridSpec` (Qwen2.5-VL's by default: 14-px patches merged 2 x 2, so
-28-px cells). A backbone with other cells changes those numbers, not the code that uses them.
+28-px cells; Qwen3-VL's are 16-px patches merged 2 x 2, so 32-px cells, :mod:`padt.backbones`). A backbone with
+other cells changes those numbers, not the code that uses them.
 
 This module imports no torch at load time, so that the command line's parser can read the defaults quickly; the
 few functions that return tensors import it when called.
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 QWEN2_5_VL_PATCH_SIZE = 14
 QWEN2_5_VL_MERGE_SIZE = 2
 _QWEN2_5_VL_CELL = QWEN2_5_VL_PATCH_SIZE * QWEN2_5_VL_MERGE_SIZE
+#: Qwen3-VL's vision tower: 16-px patches merged 2 x 2, so 32-px cells.
+QWEN3_VL_PATCH_SIZE = 16
+QWEN3_VL_MERGE_SIZE = 2
 #: Qwen2.5-VL's own pixel budget (also the official PaDT default): 4 cells at least, 16,384 cells at most.
 DEFAULT_MIN_PIXELS = 4 * _QWEN2_5_VL_CELL**2
 DEFAULT_MAX_PIXELS = 16384 * _QWEN2_5_VL_CELL**2
@@ -352,7 +356,8 @@ PATCH_ORDERS = ("raster", "official")
 
 
 def high_res_layout(
-    grid_thw: torch.Tensor, merge_size: int, window_size: int, patch_size: int, patch_order: str
+    grid_thw: torch.Tensor, merge_size: int, patch_order: str, *, window_size: int | None = None,
+    patch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How the decoder sees a batch's high-resolution patches.
 
@@ -364,7 +369,8 @@ def high_res_layout(
 
     ``"raster"`` (ours) keeps merge-block order and true positions. ``"official"`` reproduces the released
     implementation, which feeds the window-ordered features to its decoder unchanged but places token ``p`` of
-    an image at ``(p // W_p, p % W_p)`` when it assembles masks; checkpoints trained that way need the same.
+    an image at ``(p // W_p, p % W_p)`` when it assembles masks; checkpoints trained that way need the same. It
+    needs the tower's ``window_size`` and ``patch_size`` (Qwen2.5-VL); ``"raster"`` needs neither.
     """
     import torch
 
@@ -375,6 +381,8 @@ def high_res_layout(
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, 2, dtype=torch.long)
     if patch_order == "raster":
         return torch.arange(sum(g.num_patches for g in grids)), merge_block_positions(grid_thw[:, 1:], merge_size)
+    if window_size is None or patch_size is None:
+        raise ValueError("the 'official' patch order needs the vision tower's window_size and patch_size")
     unit = merge_size * merge_size
     cells = window_order(grid_thw, merge_size, window_size, patch_size)
     permutation = (cells.view(-1, 1) * unit + torch.arange(unit).view(1, -1)).reshape(-1)

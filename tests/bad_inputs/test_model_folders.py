@@ -14,7 +14,7 @@ from PIL import Image
 from padt import PaDTPipeline
 from padt.cli import main
 from padt.configuration import PaDTConfig
-from padt.model_folder import PADT_MODEL_TYPE
+from padt.model_folder import PADT_MODEL_TYPES
 from padt.testing import tiny_pipeline
 
 
@@ -41,8 +41,10 @@ def predict_fails(folder: Path, tmp_path: Path, capsys) -> str:
     return err
 
 
-def test_the_model_type_is_repeated_faithfully():
-    assert PADT_MODEL_TYPE == PaDTConfig.model_type
+def test_the_model_types_are_the_configurations_own():
+    from padt.configuration import PaDTQwen3VLConfig
+
+    assert PADT_MODEL_TYPES == (PaDTConfig.model_type, PaDTQwen3VLConfig.model_type)
 
 
 def test_truncated_safetensors(folder, tmp_path, capsys):
@@ -86,7 +88,8 @@ def test_a_plain_qwen_folder_is_for_padt_train(folder, tmp_path, capsys):
 
 def test_a_text_only_folder_is_refused(folder):
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
-    with pytest.raises(ValueError, match=r"model_type 'qwen2': not a PaDT model \(expected 'padt_qwen2_5_vl'\)"):
+    expected = r"model_type 'qwen2': not a PaDT model \(expected one of 'padt_qwen2_5_vl', 'padt_qwen3_vl'\)"
+    with pytest.raises(ValueError, match=expected):
         PaDTPipeline.from_pretrained(folder)
 
 

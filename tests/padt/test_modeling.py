@@ -1,6 +1,9 @@
-"""PaDTForConditionalGeneration on the tiny config: logit isolation, batched == alone, prototypes, gradients into
-every new module, text-only inputs, the labels loss, generation (cache, sampling, several return sequences, no
-beams), save/load, and that transformers itself is left untouched."""
+"""The PaDT models of both backbones on the tiny config: logit isolation, batched == alone, prototypes, gradients
+into every new module, text-only inputs, the labels loss, generation (cache, sampling, several return sequences,
+no beams), save/load, agreement with the plain backbone, and that transformers itself is left untouched.
+
+Every test that takes ``backbone`` runs on Qwen2.5-VL and on Qwen3-VL; the images are sized in cells of the
+backbone (28 or 32 px), so both see the same merged grids and the same VRT counts."""
 
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
+from transformers.models.qwen3_vl import modeling_qwen3_vl
 
 import padt  # noqa: F401  (the import must not patch transformers)
-from padt.modeling import PaDTForConditionalGeneration
+from padt.backbones import BACKBONE_NAMES, get_backbone
+from padt.modeling import PaDTForConditionalGeneration, PaDTQwen3VLForConditionalGeneration
 from padt.testing import tiny_pipeline
 from padt.vision.queries import ObjectQueries
 
@@ -45,16 +50,26 @@ def perturb_new_modules(model: PaDTForConditionalGeneration, seed: int = 0) -> N
             param.add_(0.1 * torch.randn(param.shape, generator=gen))
 
 
+@pytest.fixture(scope="module", params=BACKBONE_NAMES)
+def backbone(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = tiny_pipeline(seed=1)
+def cell(backbone) -> int:
+    return get_backbone(backbone).cell_size
+
+
+@pytest.fixture(scope="module")
+def pipe(backbone):
+    pipe = tiny_pipeline(seed=1, backbone=backbone)
     perturb_new_modules(pipe.model)
     return pipe
 
 
 @pytest.fixture(scope="module")
-def images():
-    return [noise(112, 168, 0), noise(84, 112, 1)]  # 4x6 and 3x4 merged cells: different prompt lengths
+def images(cell):
+    return [noise(4 * cell, 6 * cell, 0), noise(3 * cell, 4 * cell, 1)]  # 4x6 and 3x4 cells: prompts differ
 
 
 def encode(model, batch, num_samples):
@@ -173,8 +188,8 @@ def test_batched_greedy_generation_equals_each_sample_alone(pipe, images):
 
 
 # ---- prototypes -------------------------------------------------------------------------------------------
-def test_prototypes_start_at_exactly_zero(images):
-    fresh = tiny_pipeline(seed=2)
+def test_prototypes_start_at_exactly_zero(images, backbone):
+    fresh = tiny_pipeline(seed=2, backbone=backbone)
     model, processor = fresh.model, fresh.processor
     norm = model.vrt_prototypes.norm
     assert torch.equal(norm.weight, torch.zeros_like(norm.weight))
@@ -187,13 +202,13 @@ def test_prototypes_start_at_exactly_zero(images):
     assert vision.image_embeds.abs().max() > 0  # the image-pad tokens still get the raw merged features
 
 
-def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, tmp_path):
+def test_vrt_norm_init_starts_the_prototypes_as_a_plain_layernorm(images, backbone, tmp_path):
     """``vrt_norm_init=1.0``: at initialisation P = n + up(down(n)) with n the unscaled LayerNorm of (x + code);
     the start survives save/load of a checkpoint that lacks the prototype weights."""
     from padt.decoders.layers import sine_position_encoding
     from padt.vision.geometry import merged_cell_centres
 
-    fresh = tiny_pipeline(seed=2, vrt_norm_init=1.0)
+    fresh = tiny_pipeline(seed=2, vrt_norm_init=1.0, backbone=backbone)
     model, processor = fresh.model, fresh.processor
     prototypes = model.vrt_prototypes
     assert torch.equal(prototypes.norm.weight, torch.ones_like(prototypes.norm.weight))
@@ -284,13 +299,13 @@ def test_from_pretrained_keeps_loaded_prototypes_and_initialises_missing_ones(pi
 
 
 # ---- gradients --------------------------------------------------------------------------------------------
-def test_decoder_losses_reach_every_new_parameter(images):
+def test_decoder_losses_reach_every_new_parameter(images, backbone):
     """A loss on boxes + scores + masks must reach every prototype and decoder parameter.
 
     At the zero start the prototypes are 0, so ``down``/``up`` get exactly zero gradient (only the LayerNorm
     learns first); the check is meaningful only once the LayerNorm gain is non-zero, as after a step of training.
     """
-    base = tiny_pipeline(seed=4)
+    base = tiny_pipeline(seed=4, backbone=backbone)
     processor = base.processor
 
     def grads(model):
@@ -419,10 +434,10 @@ def test_sampling_only_names_each_samples_own_patches(pipe, images):
     assert states.shape[:2] == generated.shape
 
 
-def test_several_return_sequences_with_sampling_and_a_multi_image_sample(pipe):
+def test_several_return_sequences_with_sampling_and_a_multi_image_sample(pipe, cell):
     model, processor = pipe.model, pipe.processor
     vocab = model.text_vocab_size
-    images = [[noise(112, 168, 5), noise(84, 84, 6)], noise(112, 112, 7)]  # sample 0 has two images
+    images = [[noise(4 * cell, 6 * cell, 5), noise(3 * cell, 3 * cell, 6)], noise(4 * cell, 4 * cell, 7)]
     prompts = ["Compare the two pictures.", "Describe it."]
     torch.manual_seed(1)
     batch, vision, sequences, states = generate(
@@ -448,8 +463,8 @@ def test_beam_search_is_refused(pipe, images):
 def test_save_and_load_give_identical_logits_and_decodings(pipe, images, tmp_path):
     model, processor = pipe.model, pipe.processor
     model.save_pretrained(tmp_path)
-    loaded = PaDTForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert type(loaded) is PaDTForConditionalGeneration
+    loaded = PaDTForConditionalGeneration.from_pretrained(tmp_path).eval()  # opens either backbone's folder
+    assert type(loaded) is type(model)
     batch, vision, ids, logits, states = teacher_forced(model, processor, images, PROMPTS, ANSWERS)
     _, loaded_vision, _, loaded_logits, loaded_states = teacher_forced(loaded, processor, images, PROMPTS, ANSWERS)
     real = batch["attention_mask"].bool()
@@ -460,7 +475,11 @@ def test_save_and_load_give_identical_logits_and_decodings(pipe, images, tmp_pat
     assert torch.equal(ours.mask_logits, theirs.mask_logits)
 
 
-def test_official_patch_order_round_trips_through_config_json(images, tmp_path):
+def test_official_patch_order_round_trips_through_config_json(images, backbone, tmp_path):
+    if backbone != "qwen2.5-vl":
+        with pytest.raises(ValueError, match="Qwen3-VL has no window attention"):
+            tiny_pipeline(seed=5, patch_order="official", backbone=backbone)
+        return
     official = tiny_pipeline(seed=5, patch_order="official")
     official.model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -477,26 +496,37 @@ def test_official_patch_order_round_trips_through_config_json(images, tmp_path):
 # ---- transformers is left alone ---------------------------------------------------------------------------
 def test_importing_padt_patches_nothing_in_transformers(pipe, images):
     classes = {
-        "Qwen2_5_VLForConditionalGeneration": transformers.Qwen2_5_VLForConditionalGeneration,
-        "Qwen2_5_VisionTransformerPretrainedModel": modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel,
+        modeling_qwen2_5_vl: ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VisionTransformerPretrainedModel"),
+        modeling_qwen3_vl: ("Qwen3VLForConditionalGeneration", "Qwen3VLVisionModel", "Qwen3VLTextModel"),
     }
-    for name, cls in classes.items():
-        forward = cls.forward
-        assert forward.__module__ == "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"
-        assert forward.__qualname__ == f"{name}.forward"
-        assert inspect.getsourcefile(inspect.unwrap(forward)) == TRANSFORMERS_QWEN_FILE
-    assert type(pipe.model.model.visual) is modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel
+    for module, names in classes.items():
+        for name in names:
+            forward = getattr(module, name).forward
+            assert forward.__module__ == module.__name__ and forward.__qualname__ == f"{name}.forward"
+            assert inspect.getsourcefile(inspect.unwrap(forward)) == inspect.getsourcefile(module)
+    vision_class = {PaDTForConditionalGeneration: modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel,
+                    PaDTQwen3VLForConditionalGeneration: modeling_qwen3_vl.Qwen3VLVisionModel}[type(pipe.model)]
+    assert type(pipe.model.model.visual) is vision_class
     assert PaDTForConditionalGeneration.forward is not transformers.Qwen2_5_VLForConditionalGeneration.forward
 
 
+#: The plain backbone of each PaDT model class, with its configuration class.
+VANILLA = {
+    PaDTForConditionalGeneration: (transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig),
+    PaDTQwen3VLForConditionalGeneration: (transformers.Qwen3VLForConditionalGeneration, transformers.Qwen3VLConfig),
+}
+
+
 def test_vanilla_qwen_runs_and_agrees_with_padt_on_inputs_without_vrts(pipe, images):
-    """A plain Qwen2.5-VL with the same weights gives PaDT's text logits: PaDT only adds, it replaces nothing."""
+    """The plain backbone with the same weights, running its own vision tower (and, for Qwen3-VL, its own
+    DeepStack and interleaved M-RoPE), gives PaDT's text logits: PaDT only adds, it replaces nothing."""
     model, processor = pipe.model, pipe.processor
     settings = model.config.to_dict()
     for key in ("vrt_proj_rank", "use_visual_prototype_projection", "patch_order", "num_vrt_per_object",
                 "decoder_config", "model_type", "architectures"):
         settings.pop(key, None)
-    vanilla = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(**settings)).eval()
+    model_class, config_class = VANILLA[type(model)]
+    vanilla = model_class(config_class(**settings)).eval()
     missing, unexpected = vanilla.load_state_dict(model.state_dict(), strict=False)
     assert missing == [] and unexpected and all(k.startswith(("vrt_prototypes.", "vrt_decoder.")) for k in unexpected)
     batch = processor(images, PROMPTS)
@@ -512,3 +542,20 @@ def test_vanilla_qwen_runs_and_agrees_with_padt_on_inputs_without_vrts(pipe, ima
     assert base.shape[-1] == vocab and ours.shape[-1] == vocab + 36
     real = batch["attention_mask"].bool()
     assert torch.allclose(ours[real][:, :vocab], base[real], atol=1e-5, rtol=0)
+    # Greedy generation agrees too (cache, positions and, for Qwen3-VL, DeepStack at the prefill only), once
+    # PaDT may name no patch (the plain model has no VRT logits).
+    vision = encode(model, batch, 2)
+    vision.vrt_mask = torch.zeros_like(vision.vrt_mask)
+    with torch.no_grad():
+        theirs = vanilla.generate(**inputs, max_new_tokens=6, do_sample=False)
+        ours = model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            mm_token_type_ids=batch["mm_token_type_ids"], vision=vision, max_new_tokens=6, do_sample=False,
+        )
+    assert theirs.shape[1] > batch["input_ids"].shape[1] and torch.equal(ours, theirs)
+    if vision.deepstack:  # the agreement needs the DeepStack features: without them the text logits move
+        vision.deepstack = ()
+        with torch.no_grad():
+            without = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            mm_token_type_ids=batch["mm_token_type_ids"], vision=vision).logits
+        assert not torch.allclose(without[real][:, :vocab], base[real], atol=1e-3, rtol=0)

@@ -115,14 +115,14 @@ GRIDS = torch.tensor([[1, 16, 12], [1, 8, 8], [1, 10, 14]])  # more than one 112
 
 
 def test_raster_layout_is_identity_with_true_positions():
-    permutation, token_rc = high_res_layout(GRIDS, 2, 112, 14, "raster")
+    permutation, token_rc = high_res_layout(GRIDS, 2, "raster", window_size=112, patch_size=14)
     assert torch.equal(permutation, torch.arange(int((GRIDS[:, 1] * GRIDS[:, 2]).sum())))
     assert torch.equal(token_rc, get_vision_position_ids(GRIDS, 2))
 
 
 def test_official_layout_is_the_towers_window_order_placed_as_raster():
     unit = 4
-    permutation, token_rc = high_res_layout(GRIDS, 2, 112, 14, "official")
+    permutation, token_rc = high_res_layout(GRIDS, 2, "official", window_size=112, patch_size=14)
     window_index, _ = get_vision_window_index(GRIDS, 2, 112, 14)
     # the tower permutes merge blocks (x.view(-1, unit, C)[window_index]); we do the same to patch indices
     expected = torch.arange(permutation.numel()).view(-1, unit)[window_index].flatten()
@@ -143,7 +143,7 @@ def test_official_layout_is_the_towers_window_order_placed_as_raster():
 
 
 def test_raster_and_window_orders_round_trip():
-    permutation, _ = high_res_layout(GRIDS, 2, 112, 14, "official")
+    permutation, _ = high_res_layout(GRIDS, 2, "official", window_size=112, patch_size=14)
     features = torch.randn(permutation.numel(), 3)
     window = features[permutation]
     assert torch.equal(window[torch.argsort(permutation)], features)
@@ -151,7 +151,7 @@ def test_raster_and_window_orders_round_trip():
 
 def test_unknown_patch_order_is_rejected():
     with pytest.raises(ValueError, match="patch_order must be one of"):
-        high_res_layout(GRIDS, 2, 112, 14, "zigzag")
+        high_res_layout(GRIDS, 2, "zigzag", window_size=112, patch_size=14)
 
 
 # ---- against the tiny vision tower ------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_official_high_res_is_the_towers_own_last_hidden_state(towers):
     assert not torch.equal(memory_raster.high_res, memory_official.high_res)
     # positions: raster = the processor's true (h, w); official = raster placement of window-ordered tokens
     assert torch.equal(memory_raster.token_rc, get_vision_position_ids(grid, 2))
-    _, official_rc = high_res_layout(grid, 2, 112, 14, "official")
+    _, official_rc = high_res_layout(grid, 2, "official", window_size=112, patch_size=14)
     assert torch.equal(memory_official.token_rc, official_rc)
 
 
@@ -212,7 +212,7 @@ def test_rotary_pe_follows_the_high_res_tokens(towers):
     visual = raster.model.model.visual
     with torch.no_grad():
         cos, sin = visual.rotary_pos_emb(torch.zeros(1), get_vision_position_ids(grid, 2))
-    permutation, _ = high_res_layout(grid, 2, 112, 14, "official")
+    permutation, _ = high_res_layout(grid, 2, "official", window_size=112, patch_size=14)
     for model, order in ((raster.model, torch.arange(permutation.numel())), (official.model, permutation)):
         memory = _encode(model, batch).memory
         assert torch.allclose(memory.high_pe.cos, cos[order]) and torch.allclose(memory.high_pe.sin, sin[order])

@@ -1,7 +1,7 @@
-"""PaDTForConditionalGeneration: Qwen2.5-VL that can name image patches in its answers.
+"""What makes a vision-language model a PaDT model, written once for every backbone (:mod:`padt.backbones`).
 
-The model is a subclass of transformers' ``Qwen2_5_VLForConditionalGeneration``; nothing of transformers is
-patched. Three hooks differ from the base model:
+:class:`PaDTModelMixin` goes before transformers' model class (``Qwen2_5_VLForConditionalGeneration``,
+``Qwen3VLForConditionalGeneration``); nothing of transformers is patched. Three hooks differ from the base model:
 
 * **input embeddings**: ids ``>= V`` (batch-global VRT ids, see :mod:`padt.vision.codec`) are embedded from the
   batch's prototypes ``P``; ``<|image_pad|>`` positions get the raw merged patch features as usual;
@@ -13,7 +13,9 @@ patched. Three hooks differ from the base model:
   hidden state of every step for the decoder.
 
 The PaDT decoder (:class:`padt.decoders.PaDTDecoder`) turns VRT states into boxes, scores and masks:
-:meth:`decode_objects`.
+:meth:`~PaDTModelMixin.ground`. A backbone's class adds three methods: how its vision tower's output is read
+(``_tower_features``), where its patches go in the decoder's memory (``_patch_layout``) and how its language
+model is called (``_language_model``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.vision_utils import get_vision_position_ids
 
-from padt.configuration import PaDTConfig
+from padt.backbones import BACKBONES
+from padt.configuration import PaDTSettings
 from padt.decoders import DecoderMemory, LayerAttentionPooling, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
 from padt.decoders.layers import sine_position_encoding
@@ -39,21 +42,21 @@ from padt.official.checkpoint import is_official_layout, load_official_model
 from padt.text.answer_formats import get_answer_format
 from padt.vision.codec import VRTCodec
 from padt.vision.context import VisionContext, VisualPrototypes
-from padt.vision.geometry import high_res_layout, merged_cell_centres, window_order
+from padt.vision.geometry import merged_cell_centres
 from padt.vision.queries import DecodedObjects, ObjectQueries, TeacherForcedPass
 
 
-class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL with visual reference tokens and the PaDT decoder.
+class PaDTModelMixin:
+    """Visual reference tokens and the PaDT decoder, on top of a transformers vision-language model.
 
-    Submodules added to the base model: ``vrt_prototypes`` (:class:`~padt.vision.context.VisualPrototypes`)
-    and ``vrt_decoder`` (:class:`~padt.decoders.PaDTDecoder`).
+    Submodules added to the base model: ``vrt_prototypes`` (:class:`~padt.vision.context.VisualPrototypes`),
+    ``vrt_decoder`` (:class:`~padt.decoders.PaDTDecoder`) and, with ``config.vrt_state_layers``,
+    ``vrt_state_pooling`` (:class:`~padt.decoders.LayerAttentionPooling`).
     """
 
-    config_class = PaDTConfig
-    config: PaDTConfig
+    config: PaDTSettings
 
-    def __init__(self, config: PaDTConfig) -> None:
+    def __init__(self, config: PaDTSettings) -> None:
         super().__init__(config)
         text = config.text_config
         self.vrt_prototypes = VisualPrototypes(
@@ -93,11 +96,20 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any, **kwargs: Any):
-        """transformers' ``from_pretrained``; a local folder of the official PaDT release (``config.json`` with a
-        ``vl_decoder`` dict) is translated and loaded by :func:`padt.official.checkpoint.load_official_model`."""
-        if pretrained_model_name_or_path is not None and is_official_layout(pretrained_model_name_or_path):
-            return load_official_model(pretrained_model_name_or_path, *model_args, model_class=cls, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        """transformers' ``from_pretrained``, for a PaDT model on any backbone: a folder saved by a PaDT model on
+        another backbone loads as that backbone's class, so ``PaDTForConditionalGeneration.from_pretrained`` opens
+        every PaDT folder. A local folder of the official PaDT release (``config.json`` with a ``vl_decoder``
+        dict; Qwen2.5-VL) is translated and loaded by :func:`padt.official.checkpoint.load_official_model`."""
+        path = pretrained_model_name_or_path
+        if path is not None and is_official_layout(path):
+            if cls.config_class.backbone.name != "qwen2.5-vl":
+                raise ValueError(f"{path} is a released PaDT checkpoint (Qwen2.5-VL), not a {cls.__name__} model")
+            return load_official_model(path, *model_args, model_class=cls, **kwargs)
+        config = kwargs.get("config")
+        model_type = config.model_type if config is not None else AutoConfig.from_pretrained(path).model_type
+        if model_type != cls.config_class.model_type and model_type in _PADT_MODEL_TYPES:
+            return AutoModelForImageTextToText.from_pretrained(path, *model_args, **kwargs)  # the other backbone
+        return super().from_pretrained(path, *model_args, **kwargs)
 
     @property
     def text_vocab_size(self) -> int:
@@ -121,27 +133,16 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             num_samples: batch size B (default: the number of images).
         """
         visual = self.model.visual
-        vision_config = self.config.vision_config
-        merge = vision_config.spatial_merge_size
-        unit = merge * merge
+        merge = self.config.vision_config.spatial_merge_size
         if sample_of_image is None:
             sample_of_image = list(range(len(image_grid_thw)))
         if num_samples is None:
             num_samples = len(image_grid_thw)
         codec = VRTCodec.from_grid_thw(self.text_vocab_size, image_grid_thw, merge, sample_of_image, num_samples)
 
-        out = visual(pixel_values.type(visual.dtype), grid_thw=image_grid_thw)
-        image_embeds = out.pooler_output  # [P, D], raster order of the merged grids
-        window_features = out.last_hidden_state  # [ΣN, C], the tower's window order
-        cells = window_order(image_grid_thw, merge, vision_config.window_size, vision_config.patch_size)
-        channels = window_features.shape[-1]
-        merge_block_features = window_features.view(-1, unit, channels)[torch.argsort(cells.to(window_features.device))]
-        merge_block_features = merge_block_features.reshape(-1, channels)
-
-        permutation, token_rc = high_res_layout(
-            image_grid_thw, merge, vision_config.window_size, vision_config.patch_size, self.config.patch_order
-        )
-        device = window_features.device
+        image_embeds, merge_block_features, deepstack = self._tower_features(pixel_values, image_grid_thw)
+        permutation, token_rc = self._patch_layout(image_grid_thw)
+        device = merge_block_features.device
         permutation = permutation.to(device)
         position_ids = get_vision_position_ids(image_grid_thw, merge)
         cos, sin = visual.rotary_pos_emb(merge_block_features, position_ids.to(device))
@@ -174,6 +175,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             memory=memory,
             grid_thw=image_grid_thw,
             state_layers=len(self.config.vrt_state_layers or ()) + 1 if self.vrt_state_pooling is not None else 0,
+            deepstack=deepstack,
         )
 
     # ---- embeddings and logits ---------------------------------------------------------------------------
@@ -197,11 +199,7 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         image_positions = input_ids == self.config.image_token_id
         n_image_tokens = int(image_positions.sum())
         if n_image_tokens:
-            image_embeds = vision.image_embeds
-            copies = input_ids.shape[0] // vision.codec.num_samples
-            if copies > 1 and input_ids.shape[0] == copies * vision.codec.num_samples:
-                # generate(num_return_sequences=k) repeats every sample k times in a row: so do its images' rows.
-                image_embeds = image_embeds[_repeat_sample_rows(vision.codec.sample_spans(), copies)]
+            image_embeds = image_rows_of_batch(vision, vision.image_embeds, input_ids.shape[0])
             if n_image_tokens != image_embeds.shape[0]:
                 raise ValueError(
                     f"the prompt has {n_image_tokens} image tokens but the images give {image_embeds.shape[0]}"
@@ -246,9 +244,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             vision = self.encode_images(pixel_values, image_grid_thw, sample_of_image, num_samples=input_ids.shape[0])
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids, vision)
-        outputs = self.model(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
+        outputs = self._language_model(
+            input_ids,
+            inputs_embeds,
+            vision,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -293,9 +292,10 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def _answer_outputs(self, input_ids, vision, attention_mask, mm_token_type_ids) -> Any:
         """The language model's outputs of a teacher-forced pass (every layer's states with layer pooling)."""
-        return self.model(
-            input_ids=input_ids,
-            inputs_embeds=self.embed_input_ids(input_ids, vision),
+        return self._language_model(
+            input_ids,
+            self.embed_input_ids(input_ids, vision),
+            vision,
             attention_mask=attention_mask,
             image_grid_thw=vision.grid_thw if vision is not None else None,
             mm_token_type_ids=mm_token_type_ids,
@@ -416,10 +416,20 @@ class PaDTForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         return DecodedObjects(decoded, object_image, rows, queries.vrt_counts)
 
 
+def image_rows_of_batch(vision: VisionContext, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``rows`` (one per image token of the vision context, [P, ...]) for a batch of ``batch_size`` rows:
+    ``generate(num_return_sequences=k)`` repeats every sample k times in a row, and so its images' rows."""
+    copies = batch_size // vision.codec.num_samples
+    if copies > 1 and batch_size == copies * vision.codec.num_samples:
+        return rows[_repeat_sample_rows(vision.codec.sample_spans(), copies).to(rows.device)]
+    return rows
+
+
 def _repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:
     """Row index repeating each sample's rows ``[start, end)`` ``copies`` times in a row, sample after sample."""
     rows = [torch.arange(start, end) for start, end in spans for _ in range(copies)]
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
 
 
-AutoModelForImageTextToText.register(PaDTConfig, PaDTForConditionalGeneration, exist_ok=True)
+#: ``model_type`` of every PaDT configuration (one per backbone).
+_PADT_MODEL_TYPES = tuple(backbone.padt_model_type for backbone in BACKBONES.values())
