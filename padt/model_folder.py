@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from padt.backbones import BACKBONES
+from padt.backbones import BACKBONES, Backbone, backbone_of_model_type
 
 #: Where transformers looks for the weights of a folder, in safetensors (the only format padt reads).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -106,3 +106,36 @@ def _tensor_names(file: Path) -> list[str]:
             return list(handle.keys())
     except (SafetensorError, OSError, ValueError) as error:
         raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+
+
+def plain_backbone(folder: str | os.PathLike) -> tuple[Backbone, dict[str, int]] | None:
+    """The backbone of a plain Qwen2.5-VL / Qwen3-VL folder (a starting point for ``padt train --model``) and its
+    image processor's grid settings (``patch_size``, ``merge_size``, ``min_pixels``, ``max_pixels``, those the
+    folder's ``preprocessor_config.json`` gives); None when the folder is not a plain backbone folder.
+
+    Raises ``ValueError`` for a preprocessor whose patch or merge size is not the backbone's: padt's geometry, and
+    the weights, assume the backbone's own.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return None
+    model_type = _read_config(folder).get("model_type")
+    backbone = backbone_of_model_type(model_type)
+    if backbone is None or model_type != backbone.base_model_type:
+        return None
+    grid = {"patch_size": backbone.patch_size, "merge_size": backbone.merge_size}
+    file = folder / "preprocessor_config.json"
+    if file.is_file():
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        size = settings.get("size") or {}
+        for key, name in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+            value = settings.get(key, size.get(name))
+            if value is not None:
+                grid[key] = int(value)
+        for key in ("patch_size", "merge_size"):
+            if key in settings and int(settings[key]) != grid[key]:
+                raise ValueError(
+                    f"{file}: {key} {settings[key]} is not {backbone.name}'s {grid[key]}; padt supports the "
+                    "backbone's own patch grid"
+                )
+    return backbone, grid

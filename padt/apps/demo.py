@@ -6,6 +6,10 @@ about 4 MB, with the recipe it was trained with), so ``padt demo`` needs no trai
 trains it again from scratch with the same recipe and writes it to ``$PADT_DEMO_MODEL`` (default
 ``~/.cache/padt/demo-model``). ``padt predict`` and ``padt serve`` use :func:`demo_model_dir` when given no
 ``--model``.
+
+``padt demo --backbone qwen3-vl --retrain`` runs the same recipe on a tiny Qwen3-VL PaDT (:func:`backbone_recipe`):
+its scenes' records are written for Qwen3-VL's 32-px cells, and the model goes to
+``~/.cache/padt/demo-model-qwen3-vl`` (no Qwen3-VL demo model is shipped).
 """
 
 from __future__ import annotations
@@ -42,17 +46,36 @@ GALLERY_ROW = 3
 EVAL_LIMITS = {"rec": 400, "ovd": 100}
 
 
+#: The backbone the shipped recipe (and model) uses.
+DEFAULT_BACKBONE = "qwen2.5-vl"
+
+
+def backbone_recipe(backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """:data:`RECIPE` (a copy) for ``backbone``: the same experiment, with the backbone named in the scenes (whose
+    records depend on the cell size) and in the training settings; :data:`RECIPE` itself for the default one."""
+    from padt.backbones import get_backbone
+
+    recipe = json.loads(json.dumps(RECIPE))
+    if get_backbone(backbone).name != DEFAULT_BACKBONE:
+        recipe["scenes"]["backbone"] = backbone
+        recipe["train"]["backbone"] = backbone
+    return recipe
+
+
 def default_workdir() -> Path:
     return Path.home() / ".cache" / "padt" / "demo-data"
 
 
 def prepare_scenes(workdir: Path, recipe: dict[str, Any]) -> dict[str, Path]:
     """Write the synthetic scenes and their records once (deterministic by seed); reuse them afterwards."""
+    from padt.backbones import get_backbone
     from padt.datasets.records import GridSpec
     from padt.datasets.synthetic_records import convert_synthetic
     from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS
 
-    data = workdir / "scenes"
+    backbone = recipe["scenes"].get("backbone", DEFAULT_BACKBONE)
+    # Each backbone's scenes in their own folder: the same images, records on that backbone's cells.
+    data = workdir / ("scenes" if backbone == DEFAULT_BACKBONE else f"scenes-{backbone}")
     stamp = data / "recipe.json"
     names = ("ovd_train", "ovd_val", "rec_train", "rec_val")
     paths = {name: data / f"records_{name.split('_')[0]}_{name.split('_')[1]}.jsonl" for name in names}
@@ -65,7 +88,8 @@ def prepare_scenes(workdir: Path, recipe: dict[str, Any]) -> dict[str, Path]:
         shutil.rmtree(data)
     scenes = dict(recipe["scenes"])
     num_images, seed = scenes.pop("num_images"), scenes.pop("seed")
-    grid = GridSpec(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
+    cells = get_backbone(scenes.pop("backbone", DEFAULT_BACKBONE))
+    grid = GridSpec(cells.patch_size, cells.merge_size, TINY_MIN_PIXELS, TINY_MAX_PIXELS)
     paths = convert_synthetic(
         data, num_images, seed, grid=grid, report=False, image_size=tuple(scenes["image_size"]),
         objects_per_image=tuple(scenes["objects_per_image"]), object_size=tuple(scenes["object_size"]),
@@ -75,10 +99,14 @@ def prepare_scenes(workdir: Path, recipe: dict[str, Any]) -> dict[str, Path]:
     return paths
 
 
-def retrained_model_dir() -> Path:
-    """Where ``padt demo --retrain`` writes its model: ``$PADT_DEMO_MODEL``, else ``~/.cache/padt/demo-model``."""
+def retrained_model_dir(backbone: str = DEFAULT_BACKBONE) -> Path:
+    """Where ``padt demo --retrain`` writes its model: ``$PADT_DEMO_MODEL``, else ``~/.cache/padt/demo-model``
+    (``demo-model-qwen3-vl`` for the Qwen3-VL one, so that it replaces nothing)."""
     override = os.environ.get(DEMO_MODEL_ENV)
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "padt" / "demo-model"
+    if override:
+        return Path(override).expanduser()
+    suffix = "" if backbone == DEFAULT_BACKBONE else f"-{backbone}"
+    return Path.home() / ".cache" / "padt" / f"demo-model{suffix}"
 
 
 def demo_model_dir() -> Path:
@@ -101,7 +129,12 @@ def model_recipe(model_dir: Path) -> dict[str, Any] | None:
 
 def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any], retrain: bool) -> Path:
     """The shipped model (which must have been trained with ``recipe``), or a new one trained with ``recipe``."""
+    backbone = recipe["train"].get("backbone", DEFAULT_BACKBONE)
     if not retrain:
+        if backbone != DEFAULT_BACKBONE:
+            raise ValueError(
+                f"padt ships no {backbone} demo model: run `padt demo --backbone {backbone} --retrain` to train one"
+            )
         if model_recipe(SHIPPED_MODEL) != recipe:
             raise ValueError(
                 f"the shipped demo model ({SHIPPED_MODEL}) was not trained with this recipe: run "
@@ -114,8 +147,8 @@ def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any]
     from padt.train.config import TrainConfig
     from padt.train.loop import train
 
-    print(f"[2/4] training the tiny PaDT ({recipe['train']['max_steps']} steps) ...")
-    run_dir = workdir / "run"
+    print(f"[2/4] training the tiny {backbone} PaDT ({recipe['train']['max_steps']} steps) ...")
+    run_dir = workdir / ("run" if backbone == DEFAULT_BACKBONE else f"run-{backbone}")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     config = TrainConfig(
@@ -126,7 +159,7 @@ def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any]
     final = train(config)
     print(f"      trained in {time.perf_counter() - started:.0f} s")
     (final / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
-    model_dir = retrained_model_dir()
+    model_dir = retrained_model_dir(backbone)
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ The converters are imported inside the ``run_*`` functions: they pull in ``padt.
 transformers, which would make ``padt --help`` take seconds.
 
 Every subcommand computes patches on the grid of a processor: ``--model DIR`` reads it from a model folder (patch
-and merge size, pixel budget, ``longest_side``), so the records fit that model; ``--min-pixels``/``--max-pixels``
+and merge size, pixel budget, ``longest_side``; a PaDT folder's processor, or a plain Qwen2.5-VL / Qwen3-VL
+folder's backbone and preprocessor), so the records fit that model; ``--min-pixels``/``--max-pixels``
 set the budget by hand (default: Qwen2.5-VL's). The two ways are exclusive.
 """
 
@@ -197,9 +198,16 @@ def _grid(args: argparse.Namespace) -> GridSpec:
 
 
 def model_grid(folder: Path) -> GridSpec:
-    """``PaDTProcessor.from_pretrained(folder).grid_spec``, with errors that name the folder."""
+    """``PaDTProcessor.from_pretrained(folder).grid_spec`` of a PaDT folder, or the grid of a plain Qwen2.5-VL /
+    Qwen3-VL folder (its backbone's patch and merge sizes, its preprocessor's pixel budget), with errors that
+    name the folder."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--model {folder}: model folder not found")
+    from padt.model_folder import plain_backbone
+
+    plain = plain_backbone(folder)
+    if plain is not None:
+        return GridSpec(**{"min_pixels": DEFAULT_MIN_PIXELS, "max_pixels": DEFAULT_MAX_PIXELS, **plain[1]})
     configs = ("processor_config.json", "preprocessor_config.json")
     if not any((folder / name).is_file() for name in configs):
         raise FileNotFoundError(

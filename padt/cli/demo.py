@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from padt.apps import demo
+from padt.backbones import BACKBONE_NAMES
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from padt.pipeline import PaDTPipeline
 
     workdir = Path(args.workdir).expanduser() if args.workdir else demo.default_workdir()
-    recipe = json.loads(json.dumps(demo.RECIPE))
+    recipe = demo.backbone_recipe(args.backbone)
     if args.steps is not None:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -42,5 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", help="where scenes, training run, metrics and gallery go")
     parser.add_argument("--retrain", action="store_true",
                         help="train the model again with the recipe instead of using the shipped one")
+    parser.add_argument(
+        "--backbone", choices=BACKBONE_NAMES, default=demo.DEFAULT_BACKBONE,
+        help=f"backbone of the tiny model (default {demo.DEFAULT_BACKBONE}, the shipped one; qwen3-vl needs --retrain)",
+    )
     parser.add_argument("--steps", type=int, help="train (implies --retrain) for this many steps, not the recipe's")
     parser.set_defaults(run=run)

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from padt.backbones import BACKBONE_NAMES
 from padt.text.answer_formats import get_answer_format
 
 SAMPLING_MODES = ("random", "repeats", "extremes", "all")
@@ -73,9 +74,9 @@ class TrainConfig:
     Each field's ``metadata`` holds its one-line ``help`` and its ``group`` (see :data:`GROUPS`): the source of
     ``padt train --help`` (:func:`setting_help`).
 
-    Starting weights: ``model`` (a PaDT or plain Qwen2.5-VL folder) or ``tiny`` (the random tiny model of
-    :func:`padt.testing.tiny_pipeline`; ``model_overrides``, YAML only, changes its configuration, e.g.
-    ``{text_config: {hidden_size: 256}}``). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
+    Starting weights: ``model`` (a PaDT or plain Qwen2.5-VL / Qwen3-VL folder) or ``tiny`` (the random tiny model of
+    :func:`padt.testing.tiny_pipeline` on ``backbone``; ``model_overrides``, YAML only, changes its configuration,
+    e.g. ``{text_config: {hidden_size: 256}}``). Length: ``max_steps`` or ``epochs`` (optimizer steps, each on
     ``batch_size * grad_accum * world_size`` samples). ``answer_format``: ``"vrt"`` (PaDT) or ``"text-boxes"`` (the
     text-coordinate baseline: Qwen2.5-VL's JSON boxes, token cross-entropy only; see :mod:`padt.text.text_boxes`).
     ``vrts_per_object``: VRTs written per object in the training answers; ``None`` takes the model's
@@ -93,9 +94,14 @@ class TrainConfig:
         "runs/padt", group="checkpoints", text="run folder: train_config.json, metrics.jsonl, checkpoints/, final/"
     )
     model: str | None = _setting(
-        group="model", text="starting weights: a PaDT folder (ours or a released one) or a plain Qwen2.5-VL folder"
+        group="model",
+        text="starting weights: a PaDT folder (ours or a released one) or a plain Qwen2.5-VL / Qwen3-VL folder",
     )
     tiny: bool = _setting(False, group="model", text="start from the random tiny model instead of --model")
+    backbone: str = _setting(
+        "qwen2.5-vl", group="model",
+        text=f"backbone of the --tiny model: one of {', '.join(BACKBONE_NAMES)} (--model folders say their own)",
+    )
     model_overrides: dict[str, Any] = _setting(
         group="model", factory=dict, text="YAML only: configuration changes of the tiny model"
     )
@@ -177,6 +183,8 @@ class TrainConfig:
         if isinstance(self.records, str):
             self.records = [self.records]
         problems = []
+        if self.backbone not in BACKBONE_NAMES:
+            problems.append(f"backbone must be one of {BACKBONE_NAMES}, got {self.backbone!r}")
         if self.vrt_sampling not in SAMPLING_MODES:
             problems.append(f"vrt_sampling must be one of {SAMPLING_MODES}, got {self.vrt_sampling!r}")
         try:
