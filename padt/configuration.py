@@ -170,7 +170,7 @@ def padt_config_from_base(base: dict[str, Any], **settings: Any) -> PaDTConfig |
     """A PaDT configuration from a plain backbone's ``config.json`` contents (its ``model_type`` chooses the class)
     and PaDT ``settings``."""
     fields = {k: v for k, v in base.items() if k not in ("model_type", "architectures")}
-    return padt_config_class(base.get("model_type"))(**fields, **settings)
+    return padt_config_class(base.get("model_type"))(**{**fields, **settings})
 
 
 # transformers' public registration API: lets AutoConfig (and AutoTokenizer, which reads config.json) know the
