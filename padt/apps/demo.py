@@ -147,7 +147,8 @@ def prepare_model(workdir: Path, scenes: dict[str, Path], recipe: dict[str, Any]
     from padt.train.config import TrainConfig
     from padt.train.loop import train
 
-    print(f"[2/4] training the tiny {backbone} PaDT ({recipe['train']['max_steps']} steps) ...")
+    name = "PaDT" if backbone == DEFAULT_BACKBONE else f"{backbone} PaDT"
+    print(f"[2/4] training the tiny {name} ({recipe['train']['max_steps']} steps) ...")
     run_dir = workdir / ("run" if backbone == DEFAULT_BACKBONE else f"run-{backbone}")
     if run_dir.exists():
         shutil.rmtree(run_dir)

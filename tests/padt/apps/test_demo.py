@@ -106,3 +106,24 @@ def test_the_tiny_demo_training_config_is_the_recipes_training_part():
     assert config.tiny
     for name, value in demo.RECIPE["train"].items():
         assert getattr(config, name) == value, name
+
+
+def test_demo_on_qwen3_vl_needs_retrain_and_trains_on_32_px_cells(tmp_path, monkeypatch, capsys):
+    from padt.datasets.records import read_jsonl
+    from padt.modeling import PaDTQwen3VLForConditionalGeneration
+    from padt.pipeline import PaDTPipeline
+
+    monkeypatch.setattr(demo, "RECIPE", SMALL_RECIPE)
+    monkeypatch.setattr(demo, "EVAL_LIMITS", {"rec": 4, "ovd": 2})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(demo.DEMO_MODEL_ENV, raising=False)
+    assert main(["demo", "--workdir", str(tmp_path / "work"), "--backbone", "qwen3-vl"]) == 2
+    assert "padt demo --backbone qwen3-vl --retrain" in capsys.readouterr().err
+    assert main(["demo", "--workdir", str(tmp_path / "work"), "--backbone", "qwen3-vl", "--retrain"]) == 0
+    assert "training the tiny qwen3-vl PaDT (2 steps)" in capsys.readouterr().out
+    records = read_jsonl(tmp_path / "work" / "scenes-qwen3-vl" / "records_rec_train.jsonl")
+    assert records and all(r.grid.patch_size == 16 for r in records)
+    model_dir = tmp_path / ".cache" / "padt" / "demo-model-qwen3-vl"
+    assert demo.model_recipe(model_dir) == demo.backbone_recipe("qwen3-vl")
+    assert type(PaDTPipeline.from_pretrained(model_dir).model) is PaDTQwen3VLForConditionalGeneration
+    assert not (tmp_path / ".cache" / "padt" / "demo-model").exists()  # the Qwen2.5-VL one is left alone
