@@ -41,7 +41,7 @@ from padt.decoders.memory import first_subpatch_pe
 from padt.official.checkpoint import is_official_layout, load_official_model
 from padt.text.answer_formats import get_answer_format
 from padt.vision.codec import VRTCodec
-from padt.vision.context import VisionContext, VisualPrototypes
+from padt.vision.context import VisionContext, VisualPrototypes, repeat_sample_rows
 from padt.vision.geometry import merged_cell_centres
 from padt.vision.queries import DecodedObjects, ObjectQueries, TeacherForcedPass
 
@@ -199,7 +199,7 @@ class PaDTModelMixin:
         image_positions = input_ids == self.config.image_token_id
         n_image_tokens = int(image_positions.sum())
         if n_image_tokens:
-            image_embeds = image_rows_of_batch(vision, vision.image_embeds, input_ids.shape[0])
+            image_embeds = vision.rows_for_batch(vision.image_embeds, input_ids.shape[0])
             if n_image_tokens != image_embeds.shape[0]:
                 raise ValueError(
                     f"the prompt has {n_image_tokens} image tokens but the images give {image_embeds.shape[0]}"
@@ -357,7 +357,7 @@ class PaDTModelMixin:
                 count = vision.codec.sample_of_image.count(b)
                 spans.append((start, start + count))
                 start += count
-            index = _repeat_sample_rows(spans, expand_size)
+            index = repeat_sample_rows(spans, expand_size)
             model_kwargs["image_grid_thw"] = vision.grid_thw[index.to(vision.grid_thw.device)]
         return input_ids, model_kwargs
 
@@ -414,21 +414,6 @@ class PaDTModelMixin:
             memory = replace(memory, low_res=memory.low_res.detach(), high_res=memory.high_res.detach())
         decoded = self.vrt_decoder(vrt_states, queries.vrt_counts, object_image, memory, vrt_rows=rows)
         return DecodedObjects(decoded, object_image, rows, queries.vrt_counts)
-
-
-def image_rows_of_batch(vision: VisionContext, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``rows`` (one per image token of the vision context, [P, ...]) for a batch of ``batch_size`` rows:
-    ``generate(num_return_sequences=k)`` repeats every sample k times in a row, and so its images' rows."""
-    copies = batch_size // vision.codec.num_samples
-    if copies > 1 and batch_size == copies * vision.codec.num_samples:
-        return rows[_repeat_sample_rows(vision.codec.sample_spans(), copies).to(rows.device)]
-    return rows
-
-
-def _repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:
-    """Row index repeating each sample's rows ``[start, end)`` ``copies`` times in a row, sample after sample."""
-    rows = [torch.arange(start, end) for start, end in spans for _ in range(copies)]
-    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
 
 
 #: ``model_type`` of every PaDT configuration (one per backbone).

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForImageTextToText, Qwen3VLForConditionalGeneration
 
 from padt.configuration import PaDTQwen3VLConfig
-from padt.modeling.base import PaDTModelMixin, image_rows_of_batch
+from padt.modeling.base import PaDTModelMixin
 from padt.vision.context import VisionContext
 from padt.vision.geometry import high_res_layout
 
@@ -75,7 +75,7 @@ class PaDTQwen3VLForConditionalGeneration(PaDTModelMixin, Qwen3VLForConditionalG
         image_positions = input_ids == self.config.image_token_id
         if not bool(image_positions.any()):
             return None, None
-        features = [image_rows_of_batch(vision, layer, input_ids.shape[0]) for layer in vision.deepstack]
+        features = [vision.rows_for_batch(layer, input_ids.shape[0]) for layer in vision.deepstack]
         if int(image_positions.sum()) != features[0].shape[0]:
             raise ValueError(
                 f"the prompt has {int(image_positions.sum())} image tokens but the images give {features[0].shape[0]}"

@@ -126,6 +126,14 @@ class VisionContext:
         finally:
             self.recorder = None
 
+    def rows_for_batch(self, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``rows`` (one per image token of this context, [P, ...]) for a batch of ``batch_size`` rows:
+        ``generate(num_return_sequences=k)`` repeats every sample k times in a row, and so its images' rows."""
+        copies = batch_size // self.codec.num_samples
+        if copies > 1 and batch_size == copies * self.codec.num_samples:
+            return rows[repeat_sample_rows(self.codec.sample_spans(), copies).to(rows.device)]
+        return rows
+
     @staticmethod
     def stacked(contexts: list[VisionContext]) -> VisionContext:
         """One batch's context whose sample ``b`` holds the images of one-sample context ``contexts[b]``.
@@ -166,3 +174,9 @@ class VisionContext:
             state_layers=contexts[0].state_layers,
             deepstack=tuple(torch.cat(layer) for layer in zip(*(c.deepstack for c in contexts))),
         )
+
+
+def repeat_sample_rows(spans: list[tuple[int, int]], copies: int) -> torch.Tensor:
+    """Row index repeating each sample's rows ``[start, end)`` ``copies`` times in a row, sample after sample."""
+    rows = [torch.arange(start, end) for start, end in spans for _ in range(copies)]
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
