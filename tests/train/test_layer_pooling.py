@@ -31,8 +31,8 @@ def _boxes(output) -> torch.Tensor:
     return torch.tensor([obj.box for obj in output.objects])
 
 
-def _pooling_pipeline(perturb: bool) -> PaDTPipeline:
-    pipe = tiny_pipeline(seed=2, vrt_state_layers=[0, 1])
+def _pooling_pipeline(perturb: bool, backbone: str = "qwen2.5-vl") -> PaDTPipeline:
+    pipe = tiny_pipeline(seed=2, vrt_state_layers=[0, 1], backbone=backbone)
     if perturb:  # off the zero start, so that the pooled layers change what the decoder reads
         gen = torch.Generator().manual_seed(4)
         with torch.no_grad():
@@ -78,6 +78,15 @@ def test_generation_and_teacher_forcing_decode_the_same_objects(image) -> None:
     with torch.no_grad():
         pipe.model.vrt_state_pooling.out.weight.zero_()
     assert not torch.allclose(_boxes(pipe.decode_answer(image, ANSWER, PROMPT)), _boxes(forced), atol=1e-4)
+
+
+def test_qwen3_vl_pools_layers_alike() -> None:
+    pipe = _pooling_pipeline(perturb=True, backbone="qwen3-vl")
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (128, 192, 3), dtype=np.uint8))  # 4 x 6 cells
+    generated = pipe.ask([image], [PROMPT], **forced_answer_kwargs(pipe, [image], [PROMPT], [ANSWER], [0]))[0]
+    forced = pipe.decode_answer(image, ANSWER, PROMPT)
+    assert len(forced.objects) == 3
+    torch.testing.assert_close(_boxes(generated), _boxes(forced), rtol=1e-4, atol=1e-4)
 
 
 def test_every_new_parameter_gets_a_gradient(synthetic_records, images_dir) -> None:
