@@ -54,7 +54,8 @@ class PaDTSettings:
             (layer-wise attention pooling, :class:`padt.decoders.LayerAttentionPooling`): `0` is the embedding
             output, `i` the output of layer `i` (below the last). `None` (the default, as in the paper and the
             released checkpoints): the decoder reads the last layer's state only. The pooling starts as that
-            default (its output projection is zero) and learns how much of each layer to add.
+            default (its output projection is zero) and learns how much of each layer to add. On the tiny demo task
+            it lost on both seeds measured (``docs/architecture.md``), so it is off by default.
         answer_format (`str`, *optional*, defaults to `"vrt"`):
             How the model answers: `"vrt"` (PaDT: visual reference tokens, decoded to boxes and masks) or
             `"text-boxes"` (the text-coordinate baseline: Qwen2.5-VL's JSON boxes, see :mod:`padt.text.text_boxes`).
