@@ -10,7 +10,7 @@
   with ``P``;
 * **generation**: :meth:`generate` computes the vision context once and hands it to every step of transformers'
   own ``generate`` (KV cache, greedy or sampling, all generation kwargs), optionally recording the last-layer
-  hidden state of every step for the decoder.
+  hidden state of every step for the decoder (the states of ``config.vrt_state_layers`` too, when it pools them).
 
 The PaDT decoder (:class:`padt.decoders.PaDTDecoder`) turns VRT states into boxes, scores and masks:
 :meth:`~PaDTModelMixin.ground`. A backbone's class adds three methods: how its vision tower's output is read
@@ -32,7 +32,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.vision_utils import get_vision_position_ids
 
-from padt.backbones import BACKBONES
+from padt.backbones import BACKBONES, QWEN2_5_VL
 from padt.configuration import PaDTSettings
 from padt.decoders import DecoderMemory, LayerAttentionPooling, PaDTDecoder, PaDTDecoderConfig
 from padt.decoders.layers import init_weights as init_decoder_module
@@ -102,7 +102,7 @@ class PaDTModelMixin:
         dict; Qwen2.5-VL) is translated and loaded by :func:`padt.official.checkpoint.load_official_model`."""
         path = pretrained_model_name_or_path
         if path is not None and is_official_layout(path):
-            if cls.config_class.backbone.name != "qwen2.5-vl":
+            if cls.config_class.backbone is not QWEN2_5_VL:
                 raise ValueError(f"{path} is a released PaDT checkpoint (Qwen2.5-VL), not a {cls.__name__} model")
             return load_official_model(path, *model_args, model_class=cls, **kwargs)
         config = kwargs.get("config")
