@@ -81,10 +81,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     synthetic = commands.add_parser("synthetic", help="draw shape scenes; write COCO/RefCOCO files and records")
     synthetic.add_argument("--out", required=True, type=Path, help="output folder")
     synthetic.add_argument("--images", required=True, type=int, help="number of images")
-    synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("MIN", "MAX"))
-    synthetic.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
-    synthetic.add_argument("--object-size", type=int, nargs=2, default=(32, 96), metavar=("MIN", "MAX"))
+    synthetic.add_argument("--seed", type=int, default=0, help="seed of the scenes (the same seed draws the same "
+                           "scenes; default 0)")
+    synthetic.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("MIN", "MAX"),
+                           help="image side range in pixels (default 224 224)")
+    synthetic.add_argument("--objects", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"),
+                           help="shapes per image (default 1 4)")
+    synthetic.add_argument("--object-size", type=int, nargs=2, default=(32, 96), metavar=("MIN", "MAX"),
+                           help="shape side range in pixels (default 32 96)")
     synthetic.add_argument("--occlusion", action="store_true", help="let shapes overlap")
     synthetic.add_argument("--val-fraction", type=float, default=0.2, help="fraction of images in split 'val'")
     synthetic.add_argument("--noise", type=float, default=6.0, help="background noise standard deviation")
