@@ -67,3 +67,23 @@ def test_gpu_check_dry_run_runs_every_part(gpu_check):
     _positive(parts["decoder"]["sdpa"], "seconds", "peak_memory_gib")
     assert parts["ddp_cpu"]["steps"] == 3 and parts["ddp_cpu"]["final_model"] is True
     _positive(gpu_check, "total_seconds")
+
+
+def test_vrt_vs_text_demo_recipe_quick_trains_both_formats_and_draws_the_curves(tmp_path):
+    figures = _run("vrt_vs_text.py", "--recipe", "demo", "--quick", "--workdir", str(tmp_path), timeout=300)
+    assert figures["recipe"] == "demo" and set(figures["formats"]) == {"vrt", "text-boxes"}
+    for result in figures["formats"].values():
+        assert [point["step"] for point in result["curve"]] == [20, 40]
+        assert result["final"]["records"] == 8
+        _positive(result["final"], "tokens_per_answer", "eval_seconds")
+    assert Path(figures["plot"]).stat().st_size > 0
+    # a second call reuses both results instead of training again
+    again = _run("vrt_vs_text.py", "--recipe", "demo", "--quick", "--workdir", str(tmp_path), timeout=120)
+    assert again["formats"]["vrt"]["train_seconds"] == figures["formats"]["vrt"]["train_seconds"]
+
+
+def test_layer_pooling_quick_compares_both_settings(tmp_path):
+    figures = _run("layer_pooling.py", "--quick", "--workdir", str(tmp_path), timeout=300)
+    assert [(r["seed"], r["decoder reads"]) for r in figures["runs"]] == [(0, "last layer"), (0, "pooled")]
+    assert isinstance(figures["pooling_wins_every_seed"], bool)
+    assert (tmp_path / "seed0" / "pooled" / "final" / "config.json").read_text().count("vrt_state_layers") == 1
