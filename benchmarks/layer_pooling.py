@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = (args.workdir or Path.home() / ".cache" / "padt" / "layer-pooling").expanduser()
     began = time.perf_counter()
+    # Every run shares the scenes; the full recipe's are the demo's own cache, which smaller ones must not replace.
+    scenes = prepare_scenes(workdir if args.quick else default_workdir(), run_settings(args, args.seeds[0], False))
     rows = []
     for seed in args.seeds:
         for pooled in (False, True):
             recipe = run_settings(args, seed, pooled)
-            # The full recipe's scenes are the demo's own cache; smaller ones must not replace them.
-            scenes = prepare_scenes(workdir if args.quick else default_workdir(), recipe)
             name = "pooled" if pooled else "last layer"
             result = train_and_score(recipe, workdir / f"seed{seed}" / ("pooled" if pooled else "last"), scenes)
             rows.append({"seed": seed, "decoder reads": name, **result["metrics"],

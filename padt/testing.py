@@ -174,3 +174,15 @@ def _script_ids(processor, answer: str) -> list[int]:
         ids.append(processor.vrt_id_start + int(match.group(1)))
         cursor = match.end()
     return ids + processor.tokenizer.encode(answer[cursor:], add_special_tokens=False)
+
+
+def parameters_without_gradient(objective: torch.nn.Module, batch: Any, lr: float = 0.1) -> list[str]:
+    """Names of ``objective``'s parameters whose gradient on ``batch`` is missing or all zero, after one SGD step
+    on that batch. The step comes first because zero-started modules (the prototypes' LayerNorm gain, a layer
+    pooling's output projection) pass no gradient to what lies before them until they have moved."""
+    optimizer = torch.optim.SGD(objective.parameters(), lr=lr)
+    objective(batch)["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    objective(batch)["loss"].backward()
+    return [name for name, p in objective.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

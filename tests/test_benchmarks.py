@@ -86,4 +86,6 @@ def test_layer_pooling_quick_compares_both_settings(tmp_path):
     figures = _run("layer_pooling.py", "--quick", "--workdir", str(tmp_path), timeout=300)
     assert [(r["seed"], r["decoder reads"]) for r in figures["runs"]] == [(0, "last layer"), (0, "pooled")]
     assert isinstance(figures["pooling_wins_every_seed"], bool)
-    assert (tmp_path / "seed0" / "pooled" / "final" / "config.json").read_text().count("vrt_state_layers") == 1
+    saved = {reads: json.loads((tmp_path / "seed0" / reads / "final" / "config.json").read_text())
+             for reads in ("last", "pooled")}
+    assert saved["pooled"]["vrt_state_layers"] == [0, 1, 2, 3] and saved["last"]["vrt_state_layers"] is None

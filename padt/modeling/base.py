@@ -174,7 +174,7 @@ class PaDTModelMixin:
             vrt_mask=vrt_mask,
             memory=memory,
             grid_thw=image_grid_thw,
-            state_layers=len(self.config.vrt_state_layers or ()) + 1 if self.vrt_state_pooling is not None else 0,
+            state_layers=len(self.config.vrt_state_layers) + 1 if self.config.vrt_state_layers else 0,
             deepstack=deepstack,
         )
 

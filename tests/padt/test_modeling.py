@@ -8,6 +8,7 @@ backbone (28 or 32 px), so both see the same merged grids and the same VRT count
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 
@@ -22,6 +23,7 @@ from transformers.models.qwen3_vl import modeling_qwen3_vl
 
 import padt  # noqa: F401  (the import must not patch transformers)
 from padt.backbones import BACKBONE_NAMES, get_backbone
+from padt.configuration import PaDTSettings
 from padt.modeling import PaDTForConditionalGeneration, PaDTQwen3VLForConditionalGeneration
 from padt.testing import tiny_pipeline
 from padt.vision.queries import ObjectQueries
@@ -521,10 +523,8 @@ def test_vanilla_qwen_runs_and_agrees_with_padt_on_inputs_without_vrts(pipe, ima
     """The plain backbone with the same weights, running its own vision tower (and, for Qwen3-VL, its own
     DeepStack and interleaved M-RoPE), gives PaDT's text logits: PaDT only adds, it replaces nothing."""
     model, processor = pipe.model, pipe.processor
-    settings = model.config.to_dict()
-    for key in ("vrt_proj_rank", "use_visual_prototype_projection", "patch_order", "num_vrt_per_object",
-                "decoder_config", "model_type", "architectures"):
-        settings.pop(key, None)
+    padt_keys = {f.name for f in dataclasses.fields(PaDTSettings)} | {"model_type", "architectures"}
+    settings = {k: v for k, v in model.config.to_dict().items() if k not in padt_keys}
     model_class, config_class = VANILLA[type(model)]
     vanilla = model_class(config_class(**settings)).eval()
     missing, unexpected = vanilla.load_state_dict(model.state_dict(), strict=False)

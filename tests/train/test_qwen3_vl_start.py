@@ -22,7 +22,7 @@ from padt.datasets.training import GroundingCollator, GroundingDataset
 from padt.losses import PaDTCriterion
 from padt.modeling import PaDTQwen3VLForConditionalGeneration
 from padt.pipeline import PaDTPipeline
-from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, tiny_config
+from padt.testing import TINY_MAX_PIXELS, TINY_MIN_PIXELS, parameters_without_gradient, tiny_config
 from padt.text.prompts import rec_prompt
 from padt.text.qwen_tokenizer import build_tiny_tokenizer
 from padt.train.config import TrainConfig
@@ -96,13 +96,6 @@ def test_every_trainable_parameter_gets_a_gradient(qwen3_folder, qwen3_records, 
     dataset = GroundingDataset(records, qwen3_records / "images", processor, mask_scale=4)
     batch = GroundingCollator(processor, 4)([dataset[i] for i in range(3)])
     objective = PaDTObjective(model, PaDTCriterion())
-    # The prototype norm starts at zero (so its low-rank pair gets no gradient yet): one step moves it.
-    optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
-    objective(batch)["loss"].backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    objective(batch)["loss"].backward()
-    dead = [name for name, p in objective.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     # DeepStack's merger and the vision tower's learned positions are among them: they must learn too.
-    assert dead == []
     assert any("deepstack_merger_list" in name for name, _ in objective.named_parameters())
+    assert parameters_without_gradient(objective, batch) == []

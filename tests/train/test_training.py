@@ -20,7 +20,7 @@ from padt.datasets.training import GroundingCollator, GroundingDataset
 from padt.losses import PaDTCriterion
 from padt.pipeline import PaDTPipeline
 from padt.processing import PaDTProcessor
-from padt.testing import tiny_pipeline
+from padt.testing import parameters_without_gradient, tiny_pipeline
 from padt.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from padt.train.config import TrainConfig
 from padt.train.loop import train
@@ -182,16 +182,8 @@ def test_every_trainable_parameter_gets_a_gradient(synthetic_records, images_dir
     model = pipe.model.train()
     dataset = GroundingDataset(read_jsonl(synthetic_records["rec_train"]), images_dir, pipe.processor, mask_scale=4)
     batch = GroundingCollator(pipe.processor, 4)([dataset[i] for i in range(3)])
-    objective = PaDTObjective(model, PaDTCriterion())
-    # The prototype norm starts at zero (so its low-rank pair gets no gradient yet): one step moves it.
-    optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
-    objective(batch)["loss"].backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    objective(batch)["loss"].backward()
-    dead = [name for name, p in objective.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     # Rows of text tokens that never occur get no gradient, but every tensor must get some.
-    assert dead == []
+    assert parameters_without_gradient(PaDTObjective(model, PaDTCriterion()), batch) == []
 
 
 def test_decoder_trains_vision_off_detaches_the_decoder_memory_only(
